@@ -1,0 +1,28 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   build the venv, install kwskit, run the main job on the built-in data
+#   make test   same venv plus test dependencies, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test venv clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python -m kwskit.demo
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs .cache

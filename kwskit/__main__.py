@@ -1,0 +1,5 @@
+import sys
+
+from kwskit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: Speech Commands layout, label sets, splits, synthetic speech, download, augmentation, loading."""
