@@ -37,6 +37,72 @@ def _data_synth(a):
     return 0
 
 
+def _train(a):
+    from kwskit.config import load_config
+    from kwskit.train.loop import fit
+
+    if a.resume:
+        if a.config or a.set:
+            raise KwsError("--resume continues a run with its own saved config; drop --config/--set")
+        out = a.resume
+        cfg = None
+    else:
+        overrides = list(a.set or [])
+        if a.labels:
+            overrides.append(f"data.labels={a.labels}")
+        if a.device:
+            overrides.append(f"train.device={a.device}")
+        cfg = load_config(a.config, overrides)
+        out = a.out or _default_run_dir(cfg)
+    result = fit(cfg, out, data=a.data, resume=bool(a.resume), tracking_uri=a.tracking_uri,
+                 track=not a.no_mlflow)
+    best = result["best"] or {}
+    if best.get("val_acc") is not None:
+        print(f"best val_acc {best['val_acc']:.4f} at epoch {best['epoch']}")
+    print(f"run: {result['run']}")
+    return 0
+
+
+def _default_run_dir(cfg) -> str:
+    import time
+
+    return f"runs/{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _eval(a):
+    import json
+
+    from kwskit.eval.evaluate import evaluate_run, format_metrics
+
+    metrics, report = evaluate_run(a.run, a.data, split=a.split, which=a.checkpoint)
+    print(format_metrics(metrics))
+    print(f"report: {report}")
+    if a.json:
+        keep = ("accuracy", "n", "per_class", "macro_f1", "far_frr_area", "split", "data")
+        print(json.dumps({k: metrics[k] for k in keep if k in metrics}))
+    return 0
+
+
+def _info(a):
+    import json
+
+    from kwskit.eval.profile import format_profile
+    from kwskit.eval.info import profile_target
+
+    prof = profile_target(a.target, num_classes=a.num_classes, latency=not a.no_latency)
+    print(json.dumps(prof) if a.json else format_profile(prof))
+    return 0
+
+
+def _models(a):
+    from kwskit.models.registry import list_models, model_info
+
+    for name in list_models():
+        info = model_info(name)
+        print(f"{name:20s} {info.get('family', ''):14s} {info.get('paper', '')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kwskit", description="Small-footprint keyword spotting toolkit.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,6 +132,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     s.set_defaults(func=_data_synth)
+
+    t = sub.add_parser("train", help="train a keyword spotter")
+    t.add_argument("--config", help="YAML recipe (see configs/); default: built-in defaults")
+    t.add_argument("--data", help="data set folder (default: the built-in synthetic set)")
+    t.add_argument("--labels", help="label set: mini10, gsc12, gsc35 or comma-separated words")
+    t.add_argument("--out", help="run directory (default: runs/<model>-<time>)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    t.add_argument("--resume", metavar="RUN", help="continue a stopped run where it left off")
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: file store in RUN/mlruns)")
+    t.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="evaluate a trained model on a data set")
+    e.add_argument("run", help="run directory or checkpoint")
+    e.add_argument("--data", required=True, help="data set folder (train layout or official test archive)")
+    e.add_argument("--split", default="test", choices=["test", "validation", "train", "all"])
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    e.set_defaults(func=_eval)
+
+    i = sub.add_parser("info", help="params, MACs, size and CPU latency of a model or run")
+    i.add_argument("target", help="registered model name, run directory or checkpoint")
+    i.add_argument("--num-classes", type=int, default=12)
+    i.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_info)
+
+    m = sub.add_parser("models", help="list the registered models")
+    m.set_defaults(func=_models)
 
     return p
 

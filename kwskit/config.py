@@ -1,0 +1,287 @@
+"""Typed experiment config: YAML in, validated, overridable with ``--set key=value``, saved with
+every run.
+
+A config is a tree of dataclasses. Unknown keys and values of the wrong type end in one
+``KwsError`` naming the dotted key (``train.epochs``) and, for typos, the closest valid key.
+Front-end, model and augmentation parameters are dicts checked by the code that owns them
+(``build_frontend``, ``create_model``, ``AugmentConfig``), which name the field the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kwskit.errors import KwsError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "bcresnet1"
+    args: dict = field(default_factory=dict)  # extra create_model kwargs (dropout, width, ...)
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None  # None: the built-in synthetic data set
+    labels: str | list = "mini10"
+    silence_share: float = 1.0  # silence clips per split, in units of one keyword's clip count
+    unknown_share: float = 1.0  # the same for _unknown_
+    sample_rate: int = 16000
+    clip_samples: int = 16000
+    cache_dir: str | None = None  # None: $KWSKIT_HOME/cache
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # constant | step | cosine
+    warmup_epochs: float = 0.0
+    step_epochs: float = 10.0  # step: multiply lr by gamma every step_epochs
+    gamma: float = 0.5
+    min_lr: float = 0.0  # cosine: final lr
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 100
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm, 0 = off
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision where there is a GPU (ignored on CPU)
+    threads: int = 0  # torch CPU threads, 0 = all cores
+    eval_batch_size: int = 256
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    frontend: dict = field(default_factory=lambda: {"type": "logmel", "n_mels": 40})
+    specaugment: dict = field(default_factory=dict)  # SpecAugment kwargs; {} = off
+    augment: dict = field(default_factory=dict)  # AugmentConfig fields; {} = its defaults
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# building from plain dicts, with errors that name the key
+
+
+def _fail(key: str, msg: str):
+    raise KwsError(f"config: {key}: {msg}")
+
+
+def _coerce(value, tp, key: str):
+    origin = typing.get_origin(tp)
+    if tp is typing.Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except KwsError:
+                pass
+        _fail(key, f"expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        _fail(key, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            _fail(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(key, f"expected a string, got {value!r}")
+        return value
+    if tp in (dict,) or origin is dict:
+        if not isinstance(value, dict):
+            _fail(key, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if tp in (list,) or origin is list:
+        if not isinstance(value, list):
+            _fail(key, f"expected a list, got {value!r}")
+        return list(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    return value
+
+
+def _type_name(tp) -> str:
+    return {type(None): "null", int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _build(cls, data, prefix: str = ""):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        _fail(prefix or "<root>", f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
+            _fail(key, f"unknown key{hint}")
+        kwargs[k] = _coerce(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> ExperimentConfig:
+    cfg = _build(ExperimentConfig, data)
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: ExperimentConfig) -> None:
+    checks = [
+        ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+        ("train.label_smoothing", 0.0 <= cfg.train.label_smoothing < 1.0, "must be in [0, 1)"),
+        ("train.grad_clip", cfg.train.grad_clip >= 0, "must be >= 0"),
+        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
+        ("optim.name", cfg.optim.name in ("adam", "adamw", "sgd"), "must be adam, adamw or sgd"),
+        ("schedule.name", cfg.schedule.name in ("constant", "step", "cosine"),
+         "must be constant, step or cosine"),
+        ("schedule.warmup_epochs", cfg.schedule.warmup_epochs >= 0, "must be >= 0"),
+        ("data.silence_share", cfg.data.silence_share >= 0, "must be >= 0"),
+        ("data.unknown_share", cfg.data.unknown_share >= 0, "must be >= 0"),
+        ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
+    ]
+    for key, ok, msg in checks:
+        if not ok:
+            _fail(key, f"{msg}, got {_get(cfg, key)!r}")
+
+
+def _get(cfg, key: str):
+    obj = cfg
+    for part in key.split("."):
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# files and overrides
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``["train.epochs=3", "frontend.n_mels=64"]`` -> nested dict updates (values parsed as YAML)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise KwsError(f"--set {item}: expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise KwsError(f"--set {item}: empty key")
+        try:
+            value = parse_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise KwsError(f"--set {key}: '{part}' is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 reads the keywords yes/no/on/off as booleans,
+    which would silently turn ``labels: [yes, no, on, off]`` into ``[True, False, True, False]``."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise KwsError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise KwsError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        data = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise KwsError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise KwsError(f"{path}: a config must be a YAML mapping")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML recipe (or start from defaults), apply ``--set`` overrides, validate."""
+    data = read_yaml(path) if path else {}
+    try:
+        cfg = config_from_dict(data)
+        if overrides:
+            # Overrides apply to the resolved config, so `--set frontend.n_mels=64` edits the
+            # recipe's front-end instead of replacing it.
+            cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides))
+        return cfg
+    except KwsError as exc:
+        if path:
+            raise KwsError(f"{path}: {exc}") from None
+        raise
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    from kwskit.fsutil import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

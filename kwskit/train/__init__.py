@@ -1,0 +1,1 @@
+"""Training: the loop (loop.py), run directories and checkpoints, experiment tracking, DDP."""

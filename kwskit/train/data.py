@@ -1,0 +1,57 @@
+"""The data side of training: scan the data set, build the train/validation splits, loaders."""
+
+from __future__ import annotations
+
+import torch
+
+from kwskit.config import ExperimentConfig
+from kwskit.data.loader import KwsDataset, load_noises, prepare_split
+from kwskit.errors import KwsError
+from kwskit.train.distributed import ShardedEpochSampler
+
+
+def resolve_data_root(cfg: ExperimentConfig, data: str | None, quiet: bool = False) -> str:
+    """--data, else the config's data.root, else the built-in synthetic set (built on first use)."""
+    root = data or cfg.data.root
+    if root:
+        return str(root)
+    from kwskit.data.synth import ensure_default_dataset
+
+    return str(ensure_default_dataset(quiet=quiet))
+
+
+class TrainData:
+    """Train and validation loaders for a config; the train loader reshuffles per epoch."""
+
+    def __init__(self, cfg: ExperimentConfig, data: str | None = None, rank: int = 0, world: int = 1,
+                 quiet: bool = False):
+        from kwskit.data.augment import AugmentConfig, WaveAugment
+        from kwskit.data.speech_commands import resolve_labels, scan_dataset
+
+        d = cfg.data
+        self.root = resolve_data_root(cfg, data, quiet)
+        self.labels = resolve_labels(d.labels)
+        index = scan_dataset(self.root)
+        common = dict(silence_share=d.silence_share, unknown_share=d.unknown_share, seed=cfg.train.seed,
+                      sample_rate=d.sample_rate, clip_samples=d.clip_samples, cache_dir=d.cache_dir)
+        self.train = prepare_split(index, self.labels, "training", **common)
+        self.val = prepare_split(index, self.labels, "validation", **common)
+        if not self.train.examples:
+            raise KwsError(f"{self.root}: no training clips for labels {self.labels}")
+        augment_cfg = AugmentConfig.from_dict(cfg.augment)
+        noises = load_noises(index.background, d.sample_rate) if index.background else []
+        augment = WaveAugment(augment_cfg, noises)
+        self.train_set = KwsDataset(self.train, augment=augment, seed=cfg.train.seed)
+        self.val_set = KwsDataset(self.val, augment=None)
+        self.train_sampler = ShardedEpochSampler(len(self.train_set), cfg.train.seed, rank, world)
+        val_sampler = ShardedEpochSampler(len(self.val_set), 0, rank, world, shuffle=False, pad=False)
+        workers = d.num_workers
+        self.train_loader = torch.utils.data.DataLoader(
+            self.train_set, batch_size=cfg.train.batch_size, sampler=self.train_sampler,
+            num_workers=workers, persistent_workers=workers > 0, drop_last=False)
+        self.val_loader = torch.utils.data.DataLoader(
+            self.val_set, batch_size=cfg.train.eval_batch_size, sampler=val_sampler, num_workers=0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.train_sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)

@@ -1,0 +1,197 @@
+"""The training loop: short and linear on purpose (nanoGPT style), read it top to bottom.
+
+Repeatability: everything random is derived from (seed, epoch) -- the batch order, the
+augmentation of each clip, dropout -- so a run resumed from ``last.pt`` after a kill ends with
+the same weights as an unbroken run. Checkpoints are written after every epoch, atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from kwskit.config import ExperimentConfig, config_from_dict, save_config
+from kwskit.errors import KwsError
+from kwskit.fsutil import write_json
+from kwskit.train import distributed as dd
+from kwskit.train.run import build_pipeline, read_checkpoint, save_checkpoint, write_labels
+from kwskit.train.tracking import Tracker
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KwsError(f"train.device: {name} asked for, but no CUDA GPU is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise KwsError(f"train.device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+
+
+def lr_at(cfg: ExperimentConfig, epoch_float: float) -> float:
+    """Learning rate at a fractional epoch: linear warm-up, then constant / step / cosine."""
+    base, s = cfg.optim.lr, cfg.schedule
+    if s.warmup_epochs > 0 and epoch_float < s.warmup_epochs:
+        return base * (epoch_float + 1e-9) / s.warmup_epochs
+    if s.name == "constant":
+        return base
+    if s.name == "step":
+        return base * s.gamma ** math.floor(epoch_float / s.step_epochs)
+    span = max(cfg.train.epochs - s.warmup_epochs, 1e-9)
+    progress = min(max((epoch_float - s.warmup_epochs) / span, 0.0), 1.0)
+    return s.min_lr + 0.5 * (base - s.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    # No weight decay on norms and biases (1-D tensors), as the published recipes do.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": o.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr)
+    return torch.optim.AdamW(groups, lr=o.lr)
+
+
+def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resume: bool = False,
+        tracking_uri: str | None = None, track: bool = True, quiet: bool = False) -> dict:
+    """Train ``cfg`` into run directory ``out``; returns the final metrics dict."""
+    from kwskit.train.data import TrainData
+
+    out = Path(out)
+    state = None
+    if resume:
+        ck = out / "checkpoints" / "last.pt"
+        if not ck.exists():
+            raise KwsError(f"{out}: nothing to resume (no checkpoints/last.pt)")
+        state = read_checkpoint(ck)
+        cfg = config_from_dict(state["config"])  # the run's own config wins on resume
+    elif (out / "checkpoints" / "last.pt").exists():
+        raise KwsError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+
+    device = pick_device(cfg.train.device)
+    rank, world = dd.init_distributed(device)
+    main = rank == 0
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    use_amp = cfg.train.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+
+    td = TrainData(cfg, data, rank=rank, world=world, quiet=quiet or not main)
+    labels = td.labels
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = build_pipeline(cfg, len(labels)).to(device)
+    optimizer = make_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    history, best, start_epoch, mlflow_id = [], None, 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        mlflow_id = state.get("mlflow_run_id")
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    if main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        write_labels(out, labels)
+    tracker = Tracker(out, tracking_uri, enabled=main and track)
+    mlflow_id = tracker.start(out.name, cfg.to_dict(), resume_id=mlflow_id)
+
+    steps_per_epoch = len(td.train_loader)
+    status = "FAILED"
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            td.set_epoch(epoch)
+            torch.manual_seed(cfg.train.seed * 1_000_003 + epoch + 1)  # dropout, SpecAugment
+            net.train()
+            t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+            bar = tqdm(td.train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+                       disable=quiet or not main or None, leave=False, dynamic_ncols=True)
+            for step, (wave, target) in enumerate(bar):
+                lr = lr_at(cfg, epoch + step / steps_per_epoch)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                wave, target = wave.to(device, non_blocking=True), target.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = net(wave)
+                    loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.train.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.train.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                n = target.numel()
+                seen += n
+                loss_sum += loss.item() * n
+                correct += (logits.argmax(1) == target).sum().item()
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.2e}")
+            train_loss, train_correct, train_seen = dd.all_sum([loss_sum, correct, seen], device)
+            seconds = time.time() - t0
+            val = evaluate_loss_acc(model, td.val_loader, device, use_amp, amp_dtype)
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / train_seen,
+                   "train_acc": train_correct / train_seen, "val_loss": val["loss"],
+                   "val_acc": val["accuracy"], "seconds": round(seconds, 2),
+                   "clips_per_s": round(train_seen / seconds, 1)}
+            history.append(row)
+            # Without a validation split the last epoch counts as the best.
+            improved = (best is None or val["accuracy"] is None
+                        or best["val_acc"] is None or val["accuracy"] > best["val_acc"])
+            if improved:
+                best = dict(row)
+            if main:
+                if improved:
+                    save_checkpoint(out / "checkpoints" / "best.pt", _state(model, None, cfg, labels, epoch + 1,
+                                                                           history, best, mlflow_id))
+                save_checkpoint(out / "checkpoints" / "last.pt", _state(model, optimizer, cfg, labels, epoch + 1,
+                                                                       history, best, mlflow_id))
+                write_json(out / "metrics.json", {"history": history, "best": best, "labels": labels})
+                tracker.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+                if not quiet:
+                    va = "n/a" if val["accuracy"] is None else f"{val['accuracy']:.4f}"
+                    tqdm.write(f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
+                               f"val_acc {va}  {seconds:.1f}s  {row['clips_per_s']:.0f} clips/s")
+            dd.barrier()
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
+        dd.shutdown_distributed()
+    return {"history": history, "best": best, "labels": labels, "run": str(out)}
+
+
+def _state(model, optimizer, cfg, labels, epoch, history, best, mlflow_id) -> dict:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+            "config": cfg.to_dict(), "labels": labels, "epoch": epoch, "history": history,
+            "best": best, "mlflow_run_id": mlflow_id, "torch_version": torch.__version__}
+
+
+@torch.no_grad()
+def evaluate_loss_acc(model, loader, device, use_amp=False, amp_dtype=torch.float16) -> dict:
+    """Mean loss and accuracy over a loader, summed over all ranks."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for wave, target in loader:
+        wave, target = wave.to(device), target.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            logits = model(wave)
+        loss_sum += F.cross_entropy(logits.float(), target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+        n += target.numel()
+    loss_sum, correct, n = dd.all_sum([loss_sum, correct, n], device)
+    if n == 0:
+        return {"loss": None, "accuracy": None}
+    return {"loss": loss_sum / n, "accuracy": correct / n}

@@ -1,0 +1,75 @@
+import pytest
+
+from kwskit.config import ExperimentConfig, load_config, save_config
+from kwskit.errors import KwsError
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["train.epochs=3", "optim.lr=0.01", "frontend.n_mels=64",
+                             "data.labels=[yes, no, on, off]", "train.amp=false"])
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 0.01
+    # an override edits the front-end instead of replacing it
+    assert cfg.frontend == {"type": "logmel", "n_mels": 64}
+    # YAML 1.1 would read yes/no/on/off as booleans; labels must stay words
+    assert cfg.data.labels == ["yes", "no", "on", "off"]
+    assert cfg.train.amp is False
+
+
+def test_yaml_file_and_roundtrip(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("model:\n  name: dscnn_s\n  args: {dropout: 0.2}\ntrain:\n  epochs: 7\n"
+                 "data:\n  labels: [yes, no]\n")
+    cfg = load_config(f)
+    assert cfg.model.name == "dscnn_s" and cfg.model.args == {"dropout": 0.2}
+    assert cfg.train.epochs == 7 and cfg.data.labels == ["yes", "no"]
+    save_config(cfg, tmp_path / "saved.yaml")
+    again = load_config(tmp_path / "saved.yaml")
+    assert again.to_dict() == cfg.to_dict()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["train.epoch=3"], "train.epoch: unknown key (did you mean 'epochs'?)"),
+    (["train.epochs=abc"], "train.epochs: expected an integer"),
+    (["optim.lr=-1"], "optim.lr: must be > 0"),
+    (["optim.name=rmsprop"], "optim.name: must be adam, adamw or sgd"),
+    (["schedule.name=poly"], "schedule.name"),
+    (["bogus.key=1"], "bogus: unknown key"),
+    (["train.label_smoothing=1.5"], "train.label_smoothing"),
+    (["noequals"], "expected key=value"),
+])
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(KwsError) as err:
+        load_config(None, override)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(KwsError, match="missing.yaml: config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(KwsError, match="bad.yaml"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(KwsError, match=r"typo.yaml: config: train.epochz: unknown key"):
+        load_config(typo)
+
+
+def test_lr_schedule_shapes():
+    from kwskit.train.loop import lr_at
+
+    cfg = load_config(None, ["train.epochs=10", "optim.lr=1.0", "schedule.name=cosine",
+                             "schedule.warmup_epochs=2"])
+    assert lr_at(cfg, 0.0) < 0.01 and abs(lr_at(cfg, 1.0) - 0.5) < 1e-6
+    assert abs(lr_at(cfg, 2.0) - 1.0) < 1e-6 and lr_at(cfg, 10.0) < 1e-6
+    step = load_config(None, ["optim.lr=1.0", "schedule.name=step", "schedule.step_epochs=10",
+                              "schedule.gamma=0.5", "train.epochs=60"])
+    assert [lr_at(step, e) for e in (0, 9.9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_default_config_is_complete():
+    assert set(ExperimentConfig().to_dict()) == {"model", "frontend", "specaugment", "augment", "data",
+                                                  "optim", "schedule", "train"}
