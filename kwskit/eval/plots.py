@@ -1,0 +1,154 @@
+"""Evaluation plots: confusion matrix heat map and per-keyword FAR/FRR (DET-style) curves.
+
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no
+global backend change) and written as PNG atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from kwskit.errors import KwsError
+from kwskit.fsutil import atomic_path
+
+
+def _save(fig: Figure, path: str | os.PathLike, dpi: int = 130) -> None:
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+
+
+def plot_confusion(cm, labels: Sequence[str], path: str | os.PathLike, normalize: bool = True,
+                   title: str | None = None) -> None:
+    """Write a confusion-matrix heat map (rows = true, columns = predicted) as PNG.
+
+    With ``normalize`` the colour is each row's share (recall per cell) and cells show the
+    percentage over the count; otherwise colour and text are counts. The title carries the
+    overall accuracy (trace / total).
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    labels = [str(x) for x in labels]
+    c = len(labels)
+    if cm.shape != (c, c):
+        raise KwsError(f"cm: expected a {c}x{c} matrix for {c} labels, got shape {cm.shape}")
+    total = int(cm.sum())
+    acc = float(np.trace(cm) / total) if total else float("nan")
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
+    value = share if normalize else cm.astype(np.float64)
+
+    side = min(max(4.5, 0.42 * c + 2.2), 22.0)
+    fig = Figure(figsize=(side + 1.2, side))
+    ax = fig.add_subplot()
+    vmax = 1.0 if normalize else max(float(value.max()), 1.0)
+    im = ax.imshow(value, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    cbar.set_label("share of true class" if normalize else "clips")
+    if normalize:
+        cbar.ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+
+    # Cell text: "97%" over "(113)" while it fits, just the percentage (or count) beyond that.
+    size = 9 if c <= 8 else 7.5 if c <= 14 else 6
+    both = normalize and c <= 14
+    for i in range(c):
+        for j in range(c):
+            if cm[i, j] == 0 and (i != j or rows[i, 0] == 0):
+                continue  # empty cells stay blank (bar a 0 % diagonal): errors stand out
+            if normalize:
+                text = f"{share[i, j]:.0%}" + (f"\n({cm[i, j]})" if both else "")
+            else:
+                text = str(cm[i, j])
+            dark = value[i, j] > 0.55 * vmax
+            ax.text(j, i, text, ha="center", va="center", fontsize=size, linespacing=1.1,
+                    color="white" if dark else "#1a1a1a")
+
+    ax.set_xticks(range(c), labels, rotation=45 if c <= 14 else 90,
+                  ha="right" if c <= 14 else "center", rotation_mode="anchor" if c <= 14 else "default",
+                  fontsize=max(size, 8))
+    ax.set_yticks(range(c), labels, fontsize=max(size, 8))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(np.arange(-0.5, c), minor=True)
+    ax.set_yticks(np.arange(-0.5, c), minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.8)
+    ax.tick_params(which="minor", length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    head = title or "Confusion matrix"
+    ax.set_title(f"{head}: accuracy {acc:.1%} ({np.trace(cm)}/{total} clips)", fontsize=11)
+    _save(fig, path)
+
+
+def plot_far_frr(far_frr: dict, path: str | os.PathLike, title: str | None = None) -> None:
+    """Write one FRR-vs-FAR curve per keyword (the ``far_frr`` dict of ``evaluate_scores``).
+
+    FAR is on a log axis when the curves reach below 2 % FAR (points at FAR = 0 cannot be
+    drawn there and are dropped), linear otherwise. Each keyword's EER is marked on the
+    FAR = FRR diagonal; the legend gives the curve area and EER. Keywords without a curve (no
+    positive or negative clips) are listed as such in the legend title.
+    """
+    curves = {k: v for k, v in far_frr.items() if v.get("curve")}
+    skipped = [k for k, v in far_frr.items() if not v.get("curve")]
+    fig = Figure(figsize=(7.5, 5.6))
+    ax = fig.add_subplot()
+    min_pos = min((f for v in curves.values() for f in v["curve"]["far"] if f > 0), default=1.0)
+    log_x = min_pos < 0.02  # at least ~2 decades to show, else a log axis has too few ticks
+    n = len(curves)
+    cmap = _colors(n)
+    for (name, v), color in zip(curves.items(), cmap):
+        far = np.asarray(v["curve"]["far"], np.float64)
+        frr = np.asarray(v["curve"]["frr"], np.float64)
+        if log_x:
+            keep = far > 0
+            far, frr = far[keep], frr[keep]
+        label = f"{name}  (area {v['area']:.3f}, EER {v['eer']:.1%})"
+        ax.plot(far * 100, frr * 100, color=color, linewidth=1.5, label=label)
+        eer = v["eer"]
+        if not log_x or eer > 0:
+            ax.plot([eer * 100], [eer * 100], marker="o", markersize=5, color=color,
+                    markeredgecolor="white", markeredgewidth=0.8, zorder=3)
+    lo = max(min_pos * 100 / 1.5, 1e-4) if log_x else 0.0
+    diag = np.geomspace(max(lo, 1e-4), 100, 50) if log_x else np.array([0.0, 100.0])
+    ax.plot(diag, diag, linestyle=":", color="0.55", linewidth=1, label="FAR = FRR (EER)")
+    if log_x:
+        ax.set_xscale("log")
+        ax.set_xlim(lo, 100)
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
+    else:
+        ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("false accepts (% of other clips)" + (", log scale" if log_x else ""))
+    ax.set_ylabel("false rejects (% of keyword clips)")
+    ax.grid(True, which="major", color="0.88", linewidth=0.8)
+    if log_x:
+        ax.grid(True, which="minor", color="0.94", linewidth=0.5)
+    ax.set_axisbelow(True)
+    for s in ("top", "right"):
+        ax.spines[s].set_visible(False)
+    ax.set_title(title or "False accepts vs false rejects per keyword", fontsize=11)
+    if n or skipped:
+        legend_title = f"no curve: {', '.join(skipped)}" if skipped else None
+        if n <= 12:
+            ax.legend(fontsize=7.5, frameon=False, loc="upper right", title=legend_title,
+                      title_fontsize=7)
+        else:  # many keywords: the legend goes beside the axes so it hides no curve
+            ax.legend(fontsize=7, ncol=1 if n <= 26 else 2, frameon=False, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0), title=legend_title, title_fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no keyword curves", transform=ax.transAxes, ha="center")
+    _save(fig, path)
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
