@@ -75,8 +75,7 @@ class TrainConfig:
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     frontend: dict = field(default_factory=lambda: {"type": "logmel", "n_mels": 40})
-    specaugment: dict = field(default_factory=dict)  # SpecAugment kwargs; {} = off
-    augment: dict = field(default_factory=dict)  # AugmentConfig fields; {} = its defaults
+    augment: dict = field(default_factory=dict)  # AugmentConfig fields (wave + spec_*); {} = defaults
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -71,5 +71,5 @@ def test_lr_schedule_shapes():
 
 
 def test_default_config_is_complete():
-    assert set(ExperimentConfig().to_dict()) == {"model", "frontend", "specaugment", "augment", "data",
+    assert set(ExperimentConfig().to_dict()) == {"model", "frontend", "augment", "data",
                                                   "optim", "schedule", "train"}

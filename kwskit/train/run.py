@@ -27,7 +27,7 @@ from kwskit.fsutil import atomic_path
 
 def build_pipeline(cfg: ExperimentConfig, num_classes: int):
     """The front-end + backbone (+ SpecAugment) a config describes, freshly initialised."""
-    from kwskit.data.augment import SpecAugment
+    from kwskit.data.augment import AugmentConfig, SpecAugment
     from kwskit.features.frontend import build_frontend
     from kwskit.models.pipeline import KwsPipeline
     from kwskit.models.registry import create_model, model_info
@@ -40,7 +40,8 @@ def build_pipeline(cfg: ExperimentConfig, num_classes: int):
         if n:
             kw["in_features"] = int(n)
     backbone = create_model(cfg.model.name, num_classes=num_classes, **kw)
-    spec = SpecAugment(**cfg.specaugment) if cfg.specaugment else None
+    aug = AugmentConfig.from_dict(cfg.augment)
+    spec = SpecAugment.from_config(aug) if aug.enabled and aug.spec_prob > 0 else None
     return KwsPipeline(frontend, backbone, input_kind=info.get("input", "2d"), specaugment=spec)
 
 
