@@ -1,0 +1,21 @@
+"""Streaming-aware building blocks: every layer that looks along time runs on whole sequences
+(``forward``) and chunk by chunk (``init_state`` / ``step``) with the same weights.
+
+See ``kwskit.layers.base`` for the contract (time on the last axis, ``stride``, ``lookahead``).
+"""
+
+from kwskit.layers.base import (FrameWise, FreqMean, Identity, StreamModule, check_framewise,
+                                checked, empty_output, stream_step, total_lookahead)
+from kwskit.layers.classifier import StreamClassifier
+from kwskit.layers.containers import Residual, StreamSequential, StreamSum
+from kwskit.layers.conv import (Delay, StreamConv1d, StreamConv2d, StreamPool1d, StreamPool2d,
+                                TimeWindow, split_padding)
+from kwskit.layers.norm import SubSpectralNorm
+from kwskit.layers.pool import TimePool
+
+__all__ = [
+    "Delay", "FrameWise", "FreqMean", "Identity", "Residual", "StreamClassifier",
+    "StreamConv1d", "StreamConv2d", "StreamModule", "StreamPool1d", "StreamPool2d",
+    "StreamSequential", "StreamSum", "SubSpectralNorm", "TimePool", "TimeWindow", "check_framewise",
+    "checked", "empty_output", "stream_step", "split_padding", "total_lookahead",
+]

@@ -1,0 +1,236 @@
+"""Convolution, pooling and delay along time, written once for both modes.
+
+All of them are "window" operations: output frame j reads the padded input frames
+``[j*stride, j*stride + k_eff)`` where ``k_eff = dilation*(kernel-1) + 1``. Time padding is
+explicit, so frame alignment is too:
+
+- ``"same"``:   pad_left = floor(total/2), pad_right = total - pad_left, total = k_eff - 1
+                (PyTorch's padding="same" split; output j is centred on input j*stride)
+- ``"causal"``: pad_left = total, pad_right = 0 (output j sees inputs <= j*stride only)
+
+``forward`` pads time and runs the op with no time padding ("valid"). ``step`` keeps a buffer of
+pending input frames that starts as ``pad_left`` padding frames, appends the new frames, runs
+the valid op on every complete window and drops the ``n_out * stride`` frames no later window
+needs. So stride, dilation and phase come out right for any chunking, and ``lookahead`` equals
+``pad_right``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kwskit.layers.base import StreamModule
+
+PADDINGS = ("same", "causal")
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    if isinstance(v, (tuple, list)) and len(v) == 2:
+        return int(v[0]), int(v[1])
+    raise ValueError(f"{name} must be an int or a (freq, time) pair, got {v!r}")
+
+
+def split_padding(total: int, mode: str) -> tuple[int, int]:
+    """(left, right) padding for a window of ``total + 1`` frames under ``mode``."""
+    if mode == "same":
+        return total // 2, total - total // 2
+    if mode == "causal":
+        return total, 0
+    raise ValueError(f"time padding must be one of {PADDINGS}, got {mode!r}")
+
+
+def _freq_padding(pad, total: int) -> tuple[int, int]:
+    """Frequency padding: 'same' (split like time), 'valid' (none), an int, or (left, right)."""
+    if pad == "same":
+        return total // 2, total - total // 2
+    if pad == "valid":
+        return 0, 0
+    if isinstance(pad, int):
+        return pad, pad
+    if isinstance(pad, (tuple, list)) and len(pad) == 2:
+        return int(pad[0]), int(pad[1])
+    raise ValueError(f"freq_padding must be 'same', 'valid', an int or a pair, got {pad!r}")
+
+
+class TimeWindow(StreamModule):
+    """Base of every op that reads a window of frames. Subclasses call ``_set_window`` and
+    implement ``_valid(x)``: the op on already time-padded input (no time padding)."""
+
+    pad_value: float = 0.0
+
+    def _set_window(self, kernel: int, stride: int, dilation: int, padding: str):
+        if kernel < 1 or stride < 1 or dilation < 1:
+            raise ValueError(f"kernel/stride/dilation must be >= 1, "
+                             f"got {kernel}/{stride}/{dilation}")
+        total = dilation * (kernel - 1)
+        self.k_eff = total + 1
+        self.time_stride = stride
+        self.padding_mode = padding
+        self.pad_left, self.pad_right = split_padding(total, padding)
+
+    @property
+    def stride(self) -> int:
+        return self.time_stride
+
+    @property
+    def lookahead(self) -> int:
+        return self.pad_right
+
+    def _valid(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x):
+        x = F.pad(x, (self.pad_left, self.pad_right), value=self.pad_value)
+        return self._valid(x)
+
+    def step(self, x, state):
+        """State: (pending frames, frames still to skip). Skipping is needed when the stride
+        exceeds the window (e.g. a 1x1 conv with stride 2): the next window then starts
+        past the frames buffered so far."""
+        if state is None:  # fresh stream: the left padding, shaped like the first chunk
+            state = (x.new_full(tuple(x.shape[:-1]) + (self.pad_left,), self.pad_value), 0)
+        buf, skip = state
+        if skip:
+            drop = min(skip, x.shape[-1])
+            x, skip = x[..., drop:], skip - drop
+        buf = torch.cat([buf, x], dim=-1) if x.shape[-1] else buf
+        length, k, s = buf.shape[-1], self.k_eff, self.time_stride
+        n = (length - k) // s + 1 if length >= k else 0
+        if n == 0:
+            return self.empty_output(x), (buf, skip)
+        y = self._valid(buf[..., : (n - 1) * s + k])
+        consumed = n * s
+        return y, (buf[..., consumed:].contiguous(), skip + max(0, consumed - length))
+
+
+class StreamConv1d(TimeWindow):
+    """Conv1d over (batch, channels, frames) with explicit time padding ("same"/"causal")."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 dilation: int = 1, groups: int = 1, bias: bool = True, padding: str = "same"):
+        super().__init__()
+        self._set_window(kernel_size, stride, dilation, padding)
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, padding=0,
+                              dilation=dilation, groups=groups, bias=bias)
+
+    def _valid(self, x):
+        return self.conv(x)
+
+    def extra_repr(self) -> str:
+        return f"padding={self.padding_mode!r}"
+
+
+class StreamConv2d(TimeWindow):
+    """Conv2d over (batch, channels, freq, frames); kernel/stride/dilation are (freq, time).
+
+    Time is padded per ``padding`` ("same"/"causal"); frequency per ``freq_padding``
+    ('same', 'valid', an int, or (top, bottom)). Frequency is a fixed-size axis, so its
+    padding never affects streaming.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
+                 groups: int = 1, bias: bool = True, padding: str = "same", freq_padding="same"):
+        super().__init__()
+        kf, kt = _pair(kernel_size, "kernel_size")
+        sf, st = _pair(stride, "stride")
+        df, dt = _pair(dilation, "dilation")
+        self._set_window(kt, st, dt, padding)
+        self.freq_pad = _freq_padding(freq_padding, df * (kf - 1))
+        symmetric = self.freq_pad[0] == self.freq_pad[1]
+        # symmetric frequency padding goes into the conv itself (one copy fewer)
+        self.conv = nn.Conv2d(in_channels, out_channels, (kf, kt), stride=(sf, st),
+                              padding=(self.freq_pad[0] if symmetric else 0, 0),
+                              dilation=(df, dt), groups=groups, bias=bias)
+        self._pad_freq_outside = not symmetric
+
+    def _valid(self, x):
+        if self._pad_freq_outside:
+            x = F.pad(x, (0, 0, self.freq_pad[0], self.freq_pad[1]))
+        return self.conv(x)
+
+    def extra_repr(self) -> str:
+        return f"padding={self.padding_mode!r}, freq_padding={self.freq_pad}"
+
+
+class StreamPool1d(TimeWindow):
+    """Average or max pooling over time of (batch, channels, frames).
+
+    "avg" pads with zeros that count in the average (like count_include_pad=True); "max"
+    pads with -inf. ``stride`` defaults to ``kernel_size`` as in PyTorch.
+    """
+
+    def __init__(self, kind: str, kernel_size: int, stride: int | None = None,
+                 padding: str = "same"):
+        super().__init__()
+        if kind not in ("avg", "max"):
+            raise ValueError(f"pool kind must be 'avg' or 'max', got {kind!r}")
+        self.kind = kind
+        self.kernel_size = kernel_size
+        self._set_window(kernel_size, stride or kernel_size, 1, padding)
+        self.pad_value = 0.0 if kind == "avg" else float("-inf")
+
+    def _valid(self, x):
+        fn = F.avg_pool1d if self.kind == "avg" else F.max_pool1d
+        return fn(x, self.kernel_size, self.time_stride)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind!r}, kernel_size={self.kernel_size}, stride={self.time_stride}, " \
+               f"padding={self.padding_mode!r}"
+
+
+class StreamPool2d(TimeWindow):
+    """Average or max pooling of (batch, channels, freq, frames); sizes are (freq, time).
+
+    Time padding as in StreamPool1d; ``freq_padding`` is a symmetric int (PyTorch's own
+    pooling padding: zeros counted for "avg", ignored for "max").
+    """
+
+    def __init__(self, kind: str, kernel_size, stride=None, padding: str = "same",
+                 freq_padding: int = 0):
+        super().__init__()
+        if kind not in ("avg", "max"):
+            raise ValueError(f"pool kind must be 'avg' or 'max', got {kind!r}")
+        self.kind = kind
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.pool_stride = _pair(stride if stride is not None else kernel_size, "stride")
+        self.freq_padding = int(freq_padding)
+        self._set_window(self.kernel_size[1], self.pool_stride[1], 1, padding)
+        self.pad_value = 0.0 if kind == "avg" else float("-inf")
+
+    def _valid(self, x):
+        fn = F.avg_pool2d if self.kind == "avg" else F.max_pool2d
+        return fn(x, self.kernel_size, self.pool_stride, (self.freq_padding, 0))
+
+    def extra_repr(self) -> str:
+        return f"{self.kind!r}, kernel_size={self.kernel_size}, stride={self.pool_stride}, " \
+               f"padding={self.padding_mode!r}"
+
+
+class Delay(TimeWindow):
+    """Delays a stream by ``n`` frames; the identity on whole sequences.
+
+    A window of ``n + 1`` frames padded entirely on the right that returns the window's first
+    frame: so ``forward(x) == x`` (aligned), while ``step`` emits frame j once frame j+n has
+    arrived (``lookahead == n``). Use it to line a fast path up with a slower one.
+    """
+
+    def __init__(self, n: int):
+        super().__init__()
+        if n < 0:
+            raise ValueError(f"Delay needs n >= 0, got {n}")
+        self.n = n
+        self.k_eff, self.time_stride, self.padding_mode = n + 1, 1, "right"
+        self.pad_left, self.pad_right = 0, n
+
+    def forward(self, x):
+        return x
+
+    def _valid(self, x):
+        return x[..., : x.shape[-1] - self.n]
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}"

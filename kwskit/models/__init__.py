@@ -1,0 +1,11 @@
+"""Model families. Importing this package registers every family's constructors; use
+``kwskit.models.create_model(name, num_classes=...)`` (or ``list_models()``) to get one.
+
+A new family file registers itself with ``@register_model`` and is imported below.
+"""
+
+from kwskit.models.registry import create_model, list_models, model_info, register_model
+
+from kwskit.models import bcresnet, dscnn  # noqa: E402,F401  (registration side effects)
+
+__all__ = ["create_model", "list_models", "model_info", "register_model"]
