@@ -5,6 +5,7 @@ in the module that owns the work; heavy imports happen only inside the chosen su
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kwskit.errors import KwsError
@@ -56,6 +57,8 @@ def _train(a):
         out = a.out or _default_run_dir(cfg)
     result = fit(cfg, out, data=a.data, resume=bool(a.resume), tracking_uri=a.tracking_uri,
                  track=not a.no_mlflow)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
     best = result["best"] or {}
     if best.get("val_acc") is not None:
         print(f"best val_acc {best['val_acc']:.4f} at epoch {best['epoch']}")

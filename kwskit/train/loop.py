@@ -90,6 +90,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
 
     td = TrainData(cfg, data, rank=rank, world=world, quiet=quiet or not main)
+    cfg.data.root = td.root  # the saved config names the data it was trained on (and --resume uses it)
     labels = td.labels
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_pipeline(cfg, len(labels)).to(device)

@@ -1,0 +1,108 @@
+"""Train recipes on real speech (../shared/data/gsc-dev, mini10) and write the results table.
+
+    python benchmarks/train_gsc_dev.py                       # DS-CNN-S, BC-ResNet-1, BC-ResNet-3
+    python benchmarks/train_gsc_dev.py configs/bcresnet1.yaml --epochs 5
+
+For each recipe: train (validation each epoch), profile (params, MACs, latency), then append or
+replace its row in benchmarks/results/gsc_dev.json and rewrite the table in README.md between
+the `gsc-dev-results` markers. A recipe trained for fewer epochs than it asks for says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kwskit.config import load_config  # noqa: E402
+from kwskit.fsutil import write_json, write_text  # noqa: E402
+
+DEFAULT_RECIPES = ["configs/dscnn_s.yaml", "configs/bcresnet1.yaml", "configs/bcresnet3.yaml"]
+RESULTS = ROOT / "benchmarks" / "results" / "gsc_dev.json"
+START, END = "<!-- gsc-dev-results:start -->", "<!-- gsc-dev-results:end -->"
+
+
+def train_one(recipe: str, data: str, out_root: Path, epochs: int | None, extra: list[str]) -> dict:
+    from kwskit.eval.info import profile_target
+    from kwskit.train.loop import fit
+
+    overrides = ["data.labels=mini10", *extra]
+    if epochs:
+        overrides.append(f"train.epochs={epochs}")
+    cfg = load_config(ROOT / recipe, overrides)
+    asked = load_config(ROOT / recipe).train.epochs
+    out = out_root / Path(recipe).stem
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    t0 = time.time()
+    result = fit(cfg, out, data=data, track=False)
+    wall = time.time() - t0
+    prof = profile_target(str(out))
+    hist = result["history"]
+    return {
+        "recipe": recipe, "model": cfg.model.name, "val_acc": result["best"]["val_acc"],
+        "best_epoch": result["best"]["epoch"], "epochs": len(hist), "recipe_epochs": asked,
+        "params": prof["params"], "macs": prof["macs"], "macs_with_frontend": prof.get("macs_with_frontend"),
+        "latency_ms": prof.get("latency_ms"), "wall_s": round(wall, 1),
+        "clips_per_s": round(sum(h["clips_per_s"] for h in hist) / len(hist), 1),
+        "epoch_s": round(sum(h["seconds"] for h in hist) / len(hist), 1),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def render_table(rows: list[dict]) -> str:
+    head = ("| recipe | model | val acc (mini10) | params | MACs (model / +front-end) | latency ms | "
+            "epochs | s/epoch | train clips/s | wall |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        ep = f"{r['epochs']}" + ("" if r["epochs"] >= r["recipe_epochs"] else f" of {r['recipe_epochs']} (CPU budget)")
+        macs = f"{r['macs'] / 1e6:.2f} M / {r['macs_with_frontend'] / 1e6:.2f} M" if r.get("macs_with_frontend") else f"{r['macs'] / 1e6:.2f} M"
+        lat = f"{r['latency_ms']:.2f}" if r.get("latency_ms") else "-"
+        lines.append(f"| {Path(r['recipe']).name} | {r['model']} | {r['val_acc'] * 100:.2f}% | {r['params']:,} | {macs} | "
+                     f"{lat} | {ep} | {r['epoch_s']:.0f} | {r['clips_per_s']:.0f} | {r['wall_s'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def update_readme(rows: list[dict], readme: Path) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        print(f"{readme}: no {START} / {END} markers; table not written")
+        return
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    write_text(readme, f"{before}{START}\n{render_table(rows)}\n{END}{after}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("recipes", nargs="*", default=DEFAULT_RECIPES)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gsc-dev"))
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipes' epoch count (CPU budget)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench-gsc-dev"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    a = ap.parse_args()
+    if not Path(a.data).is_dir():
+        print(f"{a.data}: gsc-dev not found (pass --data)", file=sys.stderr)
+        return 2
+    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    for recipe in a.recipes:
+        print(f"== {recipe}", flush=True)
+        row = train_one(recipe, a.data, Path(a.out), a.epochs, a.set)
+        print(json.dumps(row), flush=True)
+        rows = [r for r in rows if r["recipe"] != recipe] + [row]
+        write_json(RESULTS, rows)
+        update_readme(rows, Path(a.readme))
+    print(render_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""End-to-end training on the tiny synthetic data set: learning, run layout, resume, DDP, eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kwskit.cli import main as cli
+from kwskit.config import load_config
+from kwskit.train.loop import fit
+from kwskit.train.run import read_checkpoint
+
+TINY = ["model.name=dscnn_s", "data.labels=[yes, no, up, down]", "train.batch_size=16",
+        "optim.name=adam", "optim.lr=0.003", "optim.weight_decay=0", "schedule.name=constant",
+        "train.threads=1", "augment.noise_prob=0.3"]
+
+
+def tiny_cfg(epochs: int, *extra: str):
+    return load_config(None, [*TINY, f"train.epochs={epochs}", *extra])
+
+
+def test_train_beats_chance_and_writes_run(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = fit(tiny_cfg(8), out, data=str(tiny_data), quiet=True)
+    labels = result["labels"]
+    assert labels == ["yes", "no", "up", "down", "_silence_", "_unknown_"]
+    for name in ("config.yaml", "labels.json", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (out / name).is_file(), name
+    assert (out / "mlruns").is_dir()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 8
+    # six classes: chance is 1/6
+    assert metrics["best"]["val_acc"] > 0.6
+    code = cli(["eval", str(out), "--data", str(tiny_data), "--split", "test", "--json"])
+    assert code == 0
+    assert (out / "eval" / "data-test" / "confusion.png").is_file()
+    assert (out / "eval" / "data-test" / "far_frr.png").is_file()
+
+
+def test_same_seed_same_weights(tiny_data, tmp_path):
+    a = fit(tiny_cfg(2), tmp_path / "a", data=str(tiny_data), quiet=True, track=False)
+    b = fit(tiny_cfg(2), tmp_path / "b", data=str(tiny_data), quiet=True, track=False)
+    assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+    wa = read_checkpoint(tmp_path / "a/checkpoints/last.pt")["model"]
+    wb = read_checkpoint(tmp_path / "b/checkpoints/last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _kwskit(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "kwskit", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_resume_after_kill_matches_unbroken_run(tiny_data, tmp_path):
+    epochs = 4
+    overrides = [x for o in [*TINY, f"train.epochs={epochs}"] for x in ("--set", o)]
+    killed = tmp_path / "killed"
+    proc = _kwskit("train", "--data", str(tiny_data), "--out", str(killed), "--no-mlflow", *overrides)
+    deadline = time.time() + 120
+    # kill -9 as soon as the first epoch is checkpointed, while the second is running
+    while time.time() < deadline:
+        metrics = killed / "metrics.json"
+        if metrics.exists() and len(json.loads(metrics.read_text())["history"]) >= 1:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.stdout.read()}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(json.loads((killed / "metrics.json").read_text())["history"])
+    assert done < epochs, "the run finished before it could be killed"
+    resumed = _kwskit("train", "--resume", str(killed), "--no-mlflow")
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log
+    fit(tiny_cfg(epochs), tmp_path / "unbroken", data=str(tiny_data), quiet=True, track=False)
+    a = read_checkpoint(killed / "checkpoints/last.pt")
+    b = read_checkpoint(tmp_path / "unbroken/checkpoints/last.pt")
+    assert a["epoch"] == b["epoch"] == epochs
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"]), "resumed weights differ"
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_resume_refuses_config_and_missing_run(tiny_data, tmp_path, capsys):
+    assert cli(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert cli(["train", "--resume", str(tmp_path), "--set", "train.epochs=3"]) == 2
+
+
+def test_existing_run_is_not_overwritten(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    fit(tiny_cfg(1), out, data=str(tiny_data), quiet=True, track=False)
+    before = (out / "checkpoints/last.pt").read_bytes()
+    assert cli(["train", "--data", str(tiny_data), "--out", str(out), "--no-mlflow", "--set", "train.epochs=1"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "checkpoints/last.pt").read_bytes() == before
+
+
+def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    overrides = [x for o in [*TINY, "train.epochs=2"] for x in ("--set", o)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "kwskit", "train", "--data", str(tiny_data), "--out", str(out), *overrides],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    state = read_checkpoint(out / "checkpoints/last.pt")
+    assert state["epoch"] == 2
+    # only rank 0 writes: one MLflow run, one history of 2 epochs with the full clip count
+    runs = [p for p in (out / "mlruns").rglob("meta.yaml") if p.parent.parent.name != "mlruns"]
+    assert len(runs) == 1
+    hist = json.loads((out / "metrics.json").read_text())["history"]
+    assert len(hist) == 2
+
+
+def test_eval_on_test_archive_layout(tiny_data, tmp_path):
+    from conftest import make_clip
+
+    from kwskit.data.audio import write_audio
+    from kwskit.eval.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    fit(tiny_cfg(6), run, data=str(tiny_data), quiet=True, track=False)
+    archive = tmp_path / "speech_commands_test_set"
+    files = 0
+    for folder, word in [("yes", "yes"), ("no", "no"), ("up", "up"), ("down", "down"), ("_unknown_", "bed")]:
+        (archive / folder).mkdir(parents=True)
+        for s in range(20, 24):
+            write_audio(archive / folder / f"{word}_{s:08x}_nohash_0.wav", make_clip(word, s, 0))
+            files += 1
+    (archive / "_silence_").mkdir()
+    for s in range(3):
+        write_audio(archive / "_silence_" / f"silence_{s}.wav", torch.zeros(16000).numpy())
+        files += 1
+    metrics, report = evaluate_run(run, archive, split="test")
+    assert metrics["layout"] == "test_archive"
+    assert metrics["n"] == files
+    assert metrics["per_class"]["_silence_"]["support"] == 3
+    assert metrics["per_class"]["_unknown_"]["support"] == 4
+    assert metrics["accuracy"] > 0.5
+    assert (report / "metrics.json").is_file()
+
+
+def test_eval_json_last_line(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(tiny_cfg(1), run, data=str(tiny_data), quiet=True, track=False)
+    capsys.readouterr()
+    assert cli(["eval", str(run), "--data", str(tiny_data), "--split", "validation", "--json"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(last)
+    assert {"accuracy", "n", "per_class"} <= set(summary)
+    assert summary["n"] > 0 and 0.0 <= summary["accuracy"] <= 1.0
+
+
+def test_info_known_model(capsys):
+    assert cli(["info", "dscnn_s", "--json", "--no-latency"]) == 0
+    prof = json.loads(capsys.readouterr().out)
+    assert prof["params"] == 23180  # 12 classes; see tests/test_models.py for the paper check
+    assert prof["macs_with_frontend"] > prof["macs"] > 2_000_000
+    assert cli(["info", "dscnn_z"]) == 2
+    assert "dscnn_s" in capsys.readouterr().err
