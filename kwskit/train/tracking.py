@@ -34,8 +34,11 @@ class Tracker:
         # MLflow 3 keeps the plain-file store only behind this switch; it needs no server or
         # database, which is what a local default should be.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        import logging
+
         import mlflow
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the progress output clean
         self.mlflow = mlflow
         self.uri = tracking_uri or (Path(run_dir).resolve() / "mlruns").as_uri()
         mlflow.set_tracking_uri(self.uri)
