@@ -115,8 +115,7 @@ def cached_waveforms(examples, *, sample_rate: int = SAMPLE_RATE, clip_samples: 
                      cache_dir: str | os.PathLike | None = None, desc: str = "decode") -> np.ndarray:
     """int16 array (N, clip_samples) of the examples' audio, from the cache or decoded into it.
 
-    ``cache_dir=False``-like values are not supported: pass a folder (default
-    :func:`default_cache_dir`). The returned array is a read-only memmap.
+    ``cache_dir`` defaults to :func:`default_cache_dir`. The result is a read-only memmap.
     """
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
