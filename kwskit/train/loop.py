@@ -54,9 +54,14 @@ def lr_at(cfg: ExperimentConfig, epoch_float: float) -> float:
 
 def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
-    # No weight decay on norms and biases (1-D tensors), as the published recipes do.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    # No weight decay on norms and biases (1-D tensors), as the published recipes do, nor on
+    # what a backbone names in no_weight_decay() (e.g. KWT's class token and position embedding).
+    backbone = getattr(model, "backbone", model)
+    skip = {f"backbone.{n}" if backbone is not model else n
+            for n in (backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else ())}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.dim() > 1 and n not in skip]
+    no_decay = [p for n, p in named if p.dim() <= 1 or n in skip]
     groups = [{"params": decay, "weight_decay": o.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     if o.name == "sgd":

@@ -1,0 +1,289 @@
+"""TC-ResNet8/14/14-1.5 and Res15: sizes against the papers, shapes, gradients, streaming."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import kwskit.models.res15  # noqa: F401  (registers res15)
+import kwskit.models.tcresnet  # noqa: F401  (registers tcresnet*)
+from kwskit.config import load_config
+from kwskit.errors import KwsError
+from kwskit.eval.profile import count_macs
+from kwskit.features.frontend import build_frontend
+from kwskit.layers import StreamSum
+from kwskit.models import create_model, list_models, model_info
+from kwskit.models.pipeline import KwsPipeline
+from kwskit.models.res15 import dilation_of
+from kwskit.models.tcresnet import tc_block
+
+TCRESNET = ["tcresnet8", "tcresnet14", "tcresnet14_1_5"]
+ALL = TCRESNET + ["res15"]
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def recipe_frames(name: str) -> int:
+    fe = model_info(name)["frontend"]
+    return 1 + (16000 - fe["win_length"]) // fe["hop_length"]
+
+
+def features(name: str, batch: int, frames: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if model_info(name)["input"] == "1d":
+        return torch.randn(batch, 40, frames, generator=g)
+    return torch.randn(batch, 1, 40, frames, generator=g)
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics (and affine parameters where there are any)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
+
+
+# ---------------------------------------------------------------- registry
+def test_registered_with_recipe_frontends():
+    assert set(ALL) <= set(list_models())
+    for name in TCRESNET:
+        info = model_info(name)
+        assert info["family"] == "tcresnet" and info["input"] == "1d"
+        assert "arXiv:1904.03814" in info["paper"]
+        assert info["defaults"] == {"num_classes": 12, "in_features": 40, "dropout": 0.5,
+                                    "causal": False}
+    info = model_info("res15")
+    assert info["family"] == "res15" and info["input"] == "2d"
+    assert info["published"]["params"] == 238e3 and info["published"]["macs"] == 894e6
+    for name in ALL:  # 40 MFCCs, 30 ms window, 10 ms hop: 98 frames per 1-s clip
+        fe = model_info(name)["frontend"]
+        assert (fe["type"], fe["n_mfcc"], fe["win_length"], fe["hop_length"]) == (
+            "mfcc", 40, 480, 160)
+        assert recipe_frames(name) == 98
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(KwsError, match="tcresnet8: dropout"):
+        create_model("tcresnet8", dropout=1.5)
+    with pytest.raises(KwsError, match="res15: in_features"):
+        create_model("res15", in_features=0)
+    with pytest.raises(KwsError, match="'width'"):
+        create_model("tcresnet14", width=2.0)  # sizes are registered names, not arguments
+
+
+def test_wrong_input_shape_is_a_user_error():
+    with pytest.raises(KwsError, match=r"tcresnet8: expected features shaped \(batch, 40, "):
+        create_model("tcresnet8")(torch.randn(2, 1, 40, 98))  # 2-D features into a 1-D model
+    with pytest.raises(KwsError, match=r"res15: expected features shaped \(batch, 1, 40, "):
+        create_model("res15")(torch.randn(2, 40, 98))
+
+
+# ---------------------------------------------------------------- sizes against the papers
+# Trainable parameters for 12 classes (hand counts, see below) and the papers' figures.
+PARAMS = {"tcresnet8": (65_180, 66e3), "tcresnet14": (135_868, 137e3),
+          "tcresnet14_1_5": (303_012, 305e3), "res15": (237_882, 238e3)}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_params_match_paper(name):
+    exact, paper = PARAMS[name]
+    assert model_info(name)["published"]["params"] == paper
+    got = n_params(create_model(name, num_classes=12))
+    assert got == exact
+    assert abs(got - paper) / paper < 0.05, (name, got, paper)
+
+
+def tc_hand_count(widths, k: float, classes: int = 12, frames: int = 98):
+    """(params, MACs) of TC-ResNet by hand: convs without bias, BN (2 per channel), FC."""
+    ch = [int(16 * k)] + [int(c * k) for c in widths]
+    params, macs, t = 40 * ch[0] * 3 + 2 * ch[0], 40 * ch[0] * 3 * frames, frames
+    for cin, cout in zip(ch, ch[1:]):
+        conv = cin * cout * 9 + cout * cout * 9 + (cin * cout if cin != cout else 0)
+        t = math.ceil(t / 2) if cin != cout else t  # 'same' padding, stride 2
+        bn = 2 * cout * (3 if cin != cout else 2)
+        params += conv + bn
+        macs += conv * t
+    return params + ch[-1] * classes + classes, macs + ch[-1] * classes
+
+
+def test_hand_counts_and_macs():
+    sizes = {"tcresnet8": ((24, 32, 48), 1.0), "tcresnet14": ((24, 24, 32, 32, 48, 48), 1.0),
+             "tcresnet14_1_5": ((24, 24, 32, 32, 48, 48), 1.5)}
+    macs = {}
+    for name, (widths, k) in sizes.items():
+        p, m = tc_hand_count(widths, k)
+        assert p == PARAMS[name][0]
+        macs[name] = count_macs(create_model(name), features(name, 1, 98))
+        assert macs[name] == m, name
+    # Table 1 of the paper gives 1.12 / 2.61 / 5.76 M "FLOPs"; our MACs for 98 frames are
+    # 1.52 / 3.03 / 6.68 M. The published figures are neither MACs nor 2 x MACs of any one
+    # input length (the TC-ResNet8 ratio differs from the other two); see the README.
+    assert [round(macs[n] / 1e4) for n in TCRESNET] == [152, 303, 668]
+    # Res15: conv0 + 13 dilated 45x45 3x3 convs at all 40 x 98 positions, plus the FC;
+    # the paper's 894 M multiplies are within 5 % (it does not state its frame count).
+    res = count_macs(create_model("res15"), features("res15", 1, 98))
+    assert res == 40 * 98 * 9 * (45 + 13 * 45 * 45) + 45 * 12
+    assert abs(res - 894e6) / 894e6 < 0.05
+
+
+def test_layout_and_timing():
+    t8, t14, t14w = (create_model(n) for n in TCRESNET)
+    assert t8.frame_stride == t14.frame_stride == 8  # three stride-2 blocks
+    # conv0 k=3 looks 1 ahead; a stride-2 block 4 + 4*2 = 12 input frames, a stride-1 block
+    # 4 + 4 = 8, each scaled by the stride before it
+    assert t8.lookahead_frames == 1 + 12 + 12 * 2 + 12 * 4 == 85
+    assert t14.lookahead_frames == t14w.lookahead_frames == (
+        1 + 12 + 8 * 2 + 12 * 2 + 8 * 4 + 12 * 4 + 8 * 8) == 197
+    assert t8.body(features("tcresnet8", 1, 98)).shape == (1, 48, 13)
+    assert t14w.body(features("tcresnet14", 1, 98)).shape == (1, 72, 13)
+    r = create_model("res15")
+    assert [dilation_of(i) for i in range(1, 14)] == [1, 1, 1, 2, 2, 2, 4, 4, 4, 8, 8, 8, 16]
+    assert r.frame_stride == 1 and r.lookahead_frames == 1 + 61
+    assert r.body(features("res15", 1, 98)).shape == (1, 45, 98)
+    assert not any(m.affine for m in r.modules() if isinstance(m, nn.BatchNorm2d))
+    for name in ["tcresnet8", "res15"]:
+        c = create_model(name, causal=True)
+        assert c.lookahead_frames == 0 and n_params(c) == PARAMS[name][0]
+
+
+# ---------------------------------------------------------------- forward / backward
+@pytest.mark.parametrize("name", ALL)
+def test_recipe_input_forward_and_backward(name):
+    torch.manual_seed(0)
+    info = model_info(name)
+    pipe = KwsPipeline(build_frontend(info["frontend"]), create_model(name, num_classes=35),
+                       input_kind=info["input"]).train()
+    wave = 0.1 * torch.randn(2, 16000)
+    feats = pipe.features(wave)
+    assert feats.shape == ((2, 40, 98) if info["input"] == "1d" else (2, 1, 40, 98))
+    y = pipe(wave)
+    assert y.shape == (2, 35) and torch.isfinite(y).all()
+    y.logsumexp(dim=1).sum().backward()
+    grads = [p.grad for p in pipe.backbone.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(g.abs().sum() > 0 for g in grads)  # every layer gets a gradient
+
+
+def test_recipes_build():
+    for name in ALL:
+        cfg = load_config(CONFIGS / f"{name}.yaml")
+        assert cfg.model.name == name and cfg.frontend["n_mfcc"] == 40
+        assert cfg.optim.name == "sgd" and cfg.optim.lr == 0.1 and cfg.schedule.gamma == 0.1
+    assert load_config(CONFIGS / "res15.yaml").train.batch_size == 64
+    assert load_config(CONFIGS / "tcresnet8.yaml").train.batch_size == 100
+
+
+# ---------------------------------------------------------------- the streaming proof
+def chunks(total: int, seed: int, max_chunk: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    sizes, left = [0, 1, 0], total - 1
+    while left > 0:
+        c = min(int(torch.randint(0, max_chunk + 1, (1,), generator=g)), left)
+        sizes.append(c)
+        left -= c
+    return sizes
+
+
+def stream(model, x, window, seed=0, max_chunk=9):
+    state = model.init_state(x.shape[0], window=window)
+    out, i = [], 0
+    for c in chunks(x.shape[-1], seed, max_chunk):
+        y, state = model.step(x[..., i:i + c], state)
+        assert y.shape[:2] == (x.shape[0], model.num_classes)
+        out.append(y)
+        i += c
+    return torch.cat(out, dim=-1)
+
+
+@pytest.mark.parametrize("name,causal,t", [
+    ("tcresnet8", False, 203), ("tcresnet14", False, 290), ("tcresnet14_1_5", False, 261),
+    ("res15", False, 101), ("tcresnet8", True, 97), ("res15", True, 41)])
+def test_streaming_equals_whole(name, causal, t):
+    torch.manual_seed(1)
+    m = create_model(name, num_classes=5, causal=causal)
+    randomize_batchnorm(m)
+    m.eval()
+    x = features(name, 2, t, seed=3)
+    window = m.num_out_frames(recipe_frames(name))  # a 1-s clip's worth of frames
+    with torch.no_grad():
+        whole = m.forward_frames(x, window)
+        streamed = stream(m, x, window, seed=len(name) + t)
+    assert whole.shape == (2, 5, m.num_out_frames(t))
+    la, s = m.lookahead_frames, m.frame_stride
+    n = streamed.shape[-1]
+    assert n == (t - 1 - la) // s + 1 > 0  # every frame not needing input past the end
+    if causal:
+        assert n == whole.shape[-1]
+    torch.testing.assert_close(streamed, whole[..., :n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_strided_block_aligns_shortcut_and_main_path(causal):
+    """The 1x1 stride-2 shortcut is ready 12 frames before the two k=9 convs ('same'):
+    StreamSum must queue its frames, frame by frame, and match the whole-sequence block."""
+    torch.manual_seed(4)
+    block = tc_block(8, 12, "causal" if causal else "same")
+    randomize_batchnorm(block)
+    block.eval()
+    ssum = block.sum
+    assert isinstance(ssum, StreamSum) and ssum.stride == 2
+    assert [b.lookahead for b in ssum.branches] == ([0, 0] if causal else [0, 12])
+    for t in (31, 32):  # odd and even lengths
+        x = torch.randn(1, 8, t)
+        with torch.no_grad():
+            whole = block(x)
+            state, outs, pending = block.init_state(1), [], []
+            for i in range(t):  # one frame at a time
+                y, state = block.step(x[..., i:i + 1], state)
+                outs.append(y)
+                pending.append(state[0]["pending"][0].shape[-1])  # shortcut frames held back
+        got = torch.cat(outs, dim=-1)
+        assert whole.shape[-1] == math.ceil(t / 2)
+        assert got.shape[-1] == (t - 1 - block.lookahead) // 2 + 1
+        torch.testing.assert_close(got, whole[..., :got.shape[-1]], atol=1e-5, rtol=0)
+        assert max(pending) == (0 if causal else 6)  # 12 input frames = 6 output frames
+
+
+@pytest.mark.parametrize("name", ["tcresnet8", "res15"])
+def test_clip_logits_equal_last_frame(name):
+    torch.manual_seed(2)
+    m = create_model(name)
+    randomize_batchnorm(m)
+    m.eval()
+    x = features(name, 3, 98)
+    with torch.no_grad():
+        frames = m.forward_frames(x, window=m.num_out_frames(98))
+        torch.testing.assert_close(frames[..., -1], m(x), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- it learns
+def test_tcresnet8_learns_tiny_data(tiny_data, tmp_path):
+    from kwskit.train.loop import fit
+
+    cfg = load_config(CONFIGS / "tcresnet8.yaml", [
+        "data.labels=[yes, no, up, down]", "train.batch_size=16", "train.epochs=8",
+        "optim.name=adam", "optim.lr=0.003", "optim.weight_decay=0", "schedule.name=constant",
+        "train.threads=1", "augment.noise_prob=0.3", "model.args.dropout=0.1"])
+    result = fit(cfg, tmp_path / "run", data=str(tiny_data), quiet=True, track=False)
+    assert result["labels"] == ["yes", "no", "up", "down", "_silence_", "_unknown_"]
+    assert result["best"]["val_acc"] > 0.6  # six classes: chance is 1/6
