@@ -71,7 +71,9 @@ class StreamClassifier(nn.Module):
             ok = x.dim() == 4 and x.shape[1] == 1 and x.shape[2] == self.in_features
             want = f"(batch, 1, {self.in_features}, frames)"
         elif self.input_kind == "wave":
-            ok, want = x.dim() == 2, "(batch, samples)"
+            # (B, S) from a user, (B, 1, S) from KwsPipeline: both are raw audio
+            ok = x.dim() == 2 or (x.dim() == 3 and x.shape[1] == 1)
+            want = "(batch, samples) or (batch, 1, samples)"
         else:
             ok = x.dim() == 3 and x.shape[1] == self.in_features
             want = f"(batch, {self.in_features}, frames)"
@@ -83,7 +85,7 @@ class StreamClassifier(nn.Module):
                            f"got {x.shape[-1]}")
 
     def _body_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unsqueeze(1) if self.input_kind == "wave" else x
+        return x.unsqueeze(1) if self.input_kind == "wave" and x.dim() == 2 else x
 
     def _apply_head(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, C, T) -> (B, classes, T), the head applied to every frame."""

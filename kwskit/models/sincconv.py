@@ -115,14 +115,6 @@ class SincConvKWS(StreamClassifier):
                          in_features=1, input_kind="wave")
         self.num_classes, self.channels, self.groups = num_classes, channels, tuple(groups)
 
-    def _check(self, x: torch.Tensor, min_frames: int = 1) -> None:
-        if x.dim() == 3 and x.shape[1] == 1:
-            x = x[:, 0]
-        super()._check(x, min_frames)
-
-    def _body_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.dim() == 3 else x.unsqueeze(1)
-
 
 def _build(name: str, num_classes, in_features, dropout, causal, sample_rate, channels, groups,
            shuffle) -> SincConvKWS:
