@@ -48,7 +48,7 @@ def main() -> int:
         for name, aug in (("cold (decode + cache)", False), ("warm", False), ("warm + augmentation", True)):
             s, n = one_pass(a.data, a.labels, cache, aug)
             rows.append((name, s, n))
-    print(f"| pass | seconds | clips | clips/s |\n|---|---|---|---|")
+    print("| pass | seconds | clips | clips/s |\n|---|---|---|---|")
     for name, s, n in rows:
         print(f"| {name} | {s:.1f} | {n} | {n / s:.0f} |")
     return 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from kwskit.errors import KwsError
