@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -57,16 +58,31 @@ def train_one(recipe: str, data: str, out_root: Path, epochs: int | None, extra:
     }
 
 
+def paper_figures(model: str) -> str:
+    """The model's published params / MACs / GSC accuracy, with the source's arXiv id."""
+    from kwskit.models import model_info
+
+    pub = model_info(model).get("published") or {}
+    params = f"{pub['params'] / 1e3:.0f} K" if pub.get("params") else "-"
+    macs = f"{pub['macs'] / 1e6:.1f} M" if pub.get("macs") else "-"
+    accs = [f"{v}% {k[4:].replace('_', '-')}" for k, v in pub.items() if k.startswith("acc_") and v]
+    found = re.search(r"arXiv:\d{4}\.\d{4,5}", pub.get("source", ""))
+    source = found.group(0) if found else ""
+    return f"{params} / {macs} / {', '.join(accs) or '-'} {source}".strip()
+
+
 def render_table(rows: list[dict]) -> str:
     head = ("| recipe | model | val acc (mini10) | params | MACs (model / +front-end) | latency ms | "
-            "epochs | s/epoch | train clips/s | wall |\n|---|---|---|---|---|---|---|---|---|---|")
+            "epochs | s/epoch | train clips/s | wall | paper: params / MACs / GSC acc |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         ep = f"{r['epochs']}" + ("" if r["epochs"] >= r["recipe_epochs"] else f" of {r['recipe_epochs']} (CPU budget)")
         macs = f"{r['macs'] / 1e6:.2f} M / {r['macs_with_frontend'] / 1e6:.2f} M" if r.get("macs_with_frontend") else f"{r['macs'] / 1e6:.2f} M"
         lat = f"{r['latency_ms']:.2f}" if r.get("latency_ms") else "-"
         lines.append(f"| {Path(r['recipe']).name} | {r['model']} | {r['val_acc'] * 100:.2f}% | {r['params']:,} | {macs} | "
-                     f"{lat} | {ep} | {r['epoch_s']:.0f} | {r['clips_per_s']:.0f} | {r['wall_s'] / 60:.1f} min |")
+                     f"{lat} | {ep} | {r['epoch_s']:.0f} | {r['clips_per_s']:.0f} | {r['wall_s'] / 60:.1f} min | "
+                     f"{paper_figures(r['model'])} |")
     return "\n".join(lines)
 
 
@@ -88,8 +104,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-gsc-dev"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--table-only", action="store_true", help="re-render README table and plot from the saved results")
     a = ap.parse_args()
-    if not Path(a.data).is_dir():
+    if a.table_only:
+        a.recipes = []
+    if a.recipes and not Path(a.data).is_dir():
         print(f"{a.data}: gsc-dev not found (pass --data)", file=sys.stderr)
         return 2
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
@@ -100,7 +119,13 @@ def main() -> int:
         rows = [r for r in rows if r["recipe"] != recipe] + [row]
         write_json(RESULTS, rows)
         update_readme(rows, Path(a.readme))
+    update_readme(rows, Path(a.readme))
     print(render_table(rows))
+    runs = [str(Path(a.out) / Path(r["recipe"]).stem) for r in rows if (Path(a.out) / Path(r["recipe"]).stem).is_dir()]
+    if runs:
+        from kwskit.eval.pareto import pareto
+
+        pareto(runs, RESULTS.parent / "pareto.png")
     return 0
 
 

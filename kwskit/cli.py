@@ -97,6 +97,16 @@ def _info(a):
     return 0
 
 
+def _plot(a):
+    from kwskit.eval.pareto import pareto
+
+    for p in pareto(a.runs, a.out):
+        print(f"{p['name']:28s} acc {100 * p['accuracy']:6.2f}%  MACs {p['macs'] / 1e6:8.2f} M  "
+              f"params {p['param_bytes'] / 4:10,.0f}")
+    print(f"plot: {a.out}")
+    return 0
+
+
 def _models(a):
     from kwskit.models.registry import list_models, model_info
 
@@ -162,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_info)
+
+    pl = sub.add_parser("plot", help="plots across runs")
+    psub = pl.add_subparsers(dest="plot_command", required=True, metavar="KIND")
+    pp = psub.add_parser("pareto", help="accuracy against MACs and parameter bytes (Metric-FLOPs / Metric-Memory)")
+    pp.add_argument("runs", nargs="+", help="run directories")
+    pp.add_argument("--out", default="pareto.png", help="PNG to write (default pareto.png)")
+    pp.set_defaults(func=_plot)
 
     m = sub.add_parser("models", help="list the registered models")
     m.set_defaults(func=_models)

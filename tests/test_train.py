@@ -166,3 +166,17 @@ def test_info_known_model(capsys):
     assert prof["macs_with_frontend"] > prof["macs"] > 2_000_000
     assert cli(["info", "dscnn_z"]) == 2
     assert "dscnn_s" in capsys.readouterr().err
+
+
+def test_plot_pareto_from_runs(tiny_data, tmp_path, capsys):
+    runs = []
+    for name in ("dscnn_s", "tcresnet8"):
+        run = tmp_path / name
+        fit(tiny_cfg(1, f"model.name={name}"), run, data=str(tiny_data), quiet=True, track=False)
+        runs.append(str(run))
+    out = tmp_path / "pareto.png"
+    assert cli(["plot", "pareto", *runs, "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "dscnn_s" in printed and "tcresnet8" in printed
+    assert cli(["plot", "pareto", str(tmp_path / "nope")]) == 2

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
 from kwskit.errors import KwsError
 from kwskit.fsutil import atomic_path
@@ -152,3 +153,42 @@ def _colors(n: int) -> list:
     if n <= 20:
         return [colormaps["tab20"](i) for i in range(n)]
     return [colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def plot_pareto(points: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> None:
+    """Accuracy against MACs and against parameter bytes (seed 004's Metric-FLOPs and
+    Metric-Memory pictures), one labelled marker per model.
+
+    ``points``: dicts with ``name``, ``accuracy`` (0-1), ``macs`` and ``param_bytes``.
+    """
+    if not points:
+        raise KwsError("plot pareto: no runs to plot")
+    fig = Figure(figsize=(11, 4.6))
+    FigureCanvasAgg(fig)
+    colors = _colors(len(points))
+    for ax, key, xlabel in ((fig.add_subplot(1, 2, 1), "macs", "MACs per 1-s clip (model, front-end excluded)"),
+                            (fig.add_subplot(1, 2, 2), "param_bytes", "parameter bytes (fp32)")):
+        for p, c in zip(points, colors):
+            ax.scatter(p[key], 100 * p["accuracy"], s=46, color=c, zorder=3)
+            ax.annotate(p["name"], (p[key], 100 * p["accuracy"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+        # the Pareto front: best accuracy for at most this cost
+        front, best = [], -1.0
+        for p in sorted(points, key=lambda q: q[key]):
+            if p["accuracy"] > best:
+                front.append(p)
+                best = p["accuracy"]
+        ax.plot([p[key] for p in front], [100 * p["accuracy"] for p in front], "--", color="0.6",
+                zorder=2, label="Pareto front")
+        ax.set_xscale("log")
+        ax.margins(x=0.25, y=0.12)  # room for the labels of the outermost points
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # labels even on narrow ranges
+        ax.xaxis.set_major_formatter(EngFormatter())  # 2 M, 50 k instead of 2 x 10^6
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle(title or "Accuracy against compute and memory")
+    fig.tight_layout()
+    _save(fig, path)
