@@ -10,6 +10,7 @@ import hashlib
 
 import numpy as np
 import pytest
+import torch
 
 from kwskit.data.audio import write_audio
 
@@ -68,3 +69,14 @@ def tiny_data(tmp_path_factory):
 def _isolated_home(tmp_path_factory, monkeypatch):
     # Caches and the built-in data set go to a per-session temp folder, never the user's home.
     monkeypatch.setenv("KWSKIT_HOME", str(tmp_path_factory.getbasetemp() / "kwskit-home"))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (restored after). Model and layer tests run tiny ops: one
+    thread is faster and immune to other processes hogging the cores. Use it per file with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -7,61 +7,20 @@ import pytest
 import torch
 from torch import nn
 
-import kwskit.models.crnn  # noqa: F401  (registers crnn)
-import kwskit.models.lambda_resnet  # noqa: F401  (registers lambda_resnet18)
 from kwskit.errors import KwsError
-from kwskit.features.frontend import build_frontend
 from kwskit.layers.lambda_layer import LambdaLayer1d
 from kwskit.layers.recurrent import AttentionPool, StreamGRU
 from kwskit.models import create_model, model_info
-from kwskit.models.pipeline import KwsPipeline
+from model_checks import (assert_clip_is_last_frame, assert_model_streams, assert_trains,
+                          feature_shape, n_params, randomize_batchnorm, recipe_pipeline,
+                          run_stream)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NAMES = ["lambda_resnet18", "crnn"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def chunk_sizes(total: int, seed: int, max_chunk: int) -> list[int]:
-    """Random chunk sizes summing to ``total``, with 0- and 1-frame chunks."""
-    g = torch.Generator().manual_seed(seed)
-    sizes, left = [0, 1, 0], total - 1
-    while left > 0:
-        c = min(int(torch.randint(0, max_chunk + 1, (1,), generator=g)), left)
-        sizes.append(c)
-        left -= c
-    return sizes + [0]
-
-
-def run_stream(module, x, seed=0, max_chunk=7, state=None):
-    outs, i = [], 0
-    for c in chunk_sizes(x.shape[-1], seed, max_chunk):
-        y, state = module.step(x[..., i:i + c], state)
-        outs.append(y)
-        i += c
-    return torch.cat(outs, dim=-1)
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
-
-
+# Kept here, not in model_checks: only the lambda family needs it (see the docstring).
 def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
     """Random affine BN parameters, running statistics measured on ``x`` (one train-mode pass,
     cumulative average). The lambda layer multiplies queries by value summaries, so its output
@@ -125,7 +84,7 @@ def test_lambda_layer_streams_exactly(context, m, padding):
     x = torch.randn(2, 8, 61, dtype=torch.float64)
     with torch.no_grad():
         whole = layer(x)
-        streamed = run_stream(layer, x, seed=m + context)
+        streamed = run_stream(layer, x, seed=m + context, state=None)
     assert streamed.shape[-1] == 61 - layer.lookahead  # every frame not needing the future
     assert layer.lookahead == (0 if padding == "causal" else (m - 1) - (m - 1) // 2)
     torch.testing.assert_close(streamed, whole[..., :streamed.shape[-1]], atol=1e-12, rtol=0)
@@ -168,7 +127,7 @@ def test_stream_gru_chunked_equals_whole_and_nn_gru():
         whole = gru(x)
         ref, _ = gru.gru(x.transpose(1, 2))
         torch.testing.assert_close(whole, ref.transpose(1, 2), atol=0, rtol=0)
-        streamed = run_stream(gru, x, seed=4)
+        streamed = run_stream(gru, x, seed=4, state=None)
         torch.testing.assert_close(streamed, whole, atol=1e-12, rtol=0)
         # an explicit zero state is the same as the lazy None state
         s0 = gru.init_state(3, dtype=torch.float64)
@@ -201,8 +160,7 @@ def test_attention_pool_windows_and_streaming(window):
         frames = pool.frames(x, window)
         torch.testing.assert_close(frames, naive_attention_frames(pool, x, window),
                                    atol=1e-12, rtol=0)
-        streamed = run_stream(pool, x, seed=7, max_chunk=11,
-                              state=pool.init_state(2, window=window))
+        streamed = run_stream(pool, x, seed=7, max_chunk=11, window=window)
         torch.testing.assert_close(streamed, frames, atol=1e-12, rtol=0)
         whole = pool(x)
         torch.testing.assert_close(pool.frames(x, 45)[..., -1], whole, atol=1e-12, rtol=0)
@@ -219,7 +177,7 @@ def test_attention_pool_is_stable_with_huge_energies():
         for window in (5, None):
             y = pool.frames(x, window)
             assert torch.isfinite(y).all()
-            s = run_stream(pool, x, seed=8, state=pool.init_state(1, window=window))
+            s = run_stream(pool, x, seed=8, window=window)
             torch.testing.assert_close(s, y, atol=1e-5, rtol=0)
 
 
@@ -261,18 +219,11 @@ def test_lambda_resnet18_layout():
 @pytest.mark.parametrize("name", NAMES)
 def test_recipe_clip_forward_and_backward(name):
     torch.manual_seed(8)
-    info = model_info(name)
-    frontend = build_frontend(info["frontend"])
-    pipe = KwsPipeline(frontend, create_model(name, num_classes=35), input_kind=info["input"])
+    pipe = recipe_pipeline(name, num_classes=35)
     wave = 0.1 * torch.randn(2, 16000)
     feats = pipe.features(wave)
     assert feats.shape == ((2, 40, 99) if name == "lambda_resnet18" else (2, 1, 40, 98))
-    y = pipe.train()(wave)
-    assert y.shape == (2, 35) and torch.isfinite(y).all()
-    y.logsumexp(dim=1).sum().backward()
-    grads = [p.grad for p in pipe.backbone.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert all(g.abs().sum() > 0 for g in grads)
+    assert_trains(pipe, wave, 35, params=pipe.backbone)
 
 
 # ---------------------------------------------------------------- the streaming proof
@@ -285,20 +236,11 @@ def test_streaming_equals_whole(name, kw, t):
     torch.manual_seed(9)
     # float64: the lambda layers multiply activations, so float32 rounding grows with depth
     m = create_model(name, num_classes=5, **kw).double()
-    shape = (2, 1, 40, t) if m.input_kind == "2d" else (2, 40, t)
-    x = torch.randn(*shape, dtype=torch.float64)
+    x = torch.randn(*feature_shape(name, 2, t), dtype=torch.float64)
     calibrate_batchnorm(m, x)
     window = m.num_out_frames(99)  # a 1-s clip's worth of body frames
-    with torch.no_grad():
-        whole = m.forward_frames(x, window)
-        streamed = run_stream(m, x, seed=t, max_chunk=23,
-                              state=m.init_state(2, window=window))
-    la, s = m.lookahead_frames, m.frame_stride
-    n = streamed.shape[-1]
-    assert whole.shape == (2, 5, m.num_out_frames(t)) and n == (t - 1 - la) // s + 1
-    if kw.get("causal", name == "crnn"):
-        assert la == 0 and n == whole.shape[-1]
-    torch.testing.assert_close(streamed, whole[..., :n], atol=1e-9, rtol=0)
+    assert_model_streams(m, x, window, seed=t, max_chunk=23, atol=1e-9,
+                         causal=kw.get("causal", name == "crnn"))
 
 
 @pytest.mark.parametrize("name,kw", [("crnn", {}), ("lambda_resnet18", {"context": 100})])
@@ -308,10 +250,7 @@ def test_clip_logits_equal_last_frame(name, kw):
     shape = (3, 1, 40, 98) if name == "crnn" else (3, 40, 99)
     x = torch.randn(*shape, dtype=torch.float64)
     calibrate_batchnorm(m, x)
-    with torch.no_grad():
-        frames = m.forward_frames(x, window=m.num_out_frames(x.shape[-1]))
-        torch.testing.assert_close(frames[..., -1], m(x), atol=1e-9, rtol=0)
-        torch.testing.assert_close(m.forward_frames(x)[..., -1], m(x), atol=1e-9, rtol=0)
+    assert_clip_is_last_frame(m, x, atol=1e-9)
 
 
 def test_lambda_resnet18_paper_version_does_not_stream():

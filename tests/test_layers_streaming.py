@@ -10,45 +10,13 @@ from kwskit.errors import KwsError
 from kwskit.layers import (Delay, FrameWise, FreqMean, Residual, StreamClassifier, StreamConv1d,
                            StreamConv2d, StreamPool1d, StreamPool2d, StreamSequential, StreamSum,
                            SubSpectralNorm, TimePool, total_lookahead)
+from model_checks import expected_frames, run_stream
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: one thread is faster and immune to other processes hogging the cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def chunk_sizes(total: int, seed: int, max_chunk: int = 7) -> list[int]:
-    """Random chunk sizes summing to ``total``; includes 0- and 1-frame chunks."""
-    g = torch.Generator().manual_seed(seed)
-    sizes, left = [0, 1], total - 1
-    while left > 0:
-        c = min(int(torch.randint(0, max_chunk + 1, (1,), generator=g)), left)
-        sizes.append(c)
-        left -= c
-    return sizes + [0]
-
-
-def run_stream(module, x, seed=0, max_chunk=7, **state_kw):
-    """Feed ``x`` through ``module.step`` in random chunks; concatenate the outputs."""
-    state = module.init_state(x.shape[0], **state_kw)
-    outs, i = [], 0
-    for c in chunk_sizes(x.shape[-1], seed, max_chunk):
-        y, state = module.step(x[..., i:i + c], state)
-        outs.append(y)
-        i += c
-    assert i == x.shape[-1]
-    return torch.cat(outs, dim=-1)
-
-
-def expected_frames(t: int, stride: int, lookahead: int) -> int:
-    """Output frames computable from t input frames: j with j*stride + lookahead <= t-1."""
-    return (t - 1 - lookahead) // stride + 1 if t - 1 >= lookahead else 0
-
-
+# Layers, unlike classifiers, name their timing ``stride`` / ``lookahead``: this proof is theirs.
 def assert_stream_matches(module, x, atol, seed=0, max_chunk=7):
     module.eval()
     with torch.no_grad():
@@ -329,5 +297,7 @@ def test_wave_input_classifier_streams():
     assert n == expected_frames(400, 8, 4) and whole.shape == (2, 3, 50)
     torch.testing.assert_close(streamed, whole[..., :n], atol=1e-5, rtol=0)
     assert clip.shape == (2, 3)
+    # (B, 1, S) from KwsPipeline is raw audio too; two channels are not
+    assert model(torch.randn(2, 1, 400)).shape == (2, 3)
     with pytest.raises(KwsError, match=r"\(batch, samples\)"):
-        model(torch.randn(2, 1, 400))
+        model(torch.randn(2, 2, 400))

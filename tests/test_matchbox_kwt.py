@@ -10,49 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-import kwskit.models.kwt  # noqa: F401  (registers kwt1)
-import kwskit.models.matchboxnet  # noqa: F401  (registers matchboxnet_3x1x64)
 from kwskit.config import load_config
 from kwskit.errors import KwsError
 from kwskit.eval.profile import count_macs
-from kwskit.features.frontend import build_frontend
 from kwskit.models import create_model, list_models, model_info
-from kwskit.models.pipeline import KwsPipeline
+from kwskit.models.kwt import EncoderLayer
 from kwskit.train.loop import fit
 from kwskit.train.run import build_pipeline
+from model_checks import (assert_clip_is_last_frame, assert_model_streams, assert_trains,
+                          eval_model, n_params, recipe_pipeline)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODELS = ["matchboxnet_3x1x64", "kwt1"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics and affine parameters (any BatchNorm dimension)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
-
-
-def recipe_pipeline(name: str, num_classes: int) -> KwsPipeline:
-    info = model_info(name)
-    frontend = build_frontend(info["frontend"])
-    return KwsPipeline(frontend, create_model(name, num_classes=num_classes), info["input"])
 
 
 # ---------------------------------------------------------------- registry and sizes
@@ -120,12 +91,7 @@ def test_recipe_input_forward_and_backward(name):
     wave = 0.1 * torch.randn(2, 16000)
     feats = pipe.features(wave)
     assert feats.shape == (2, pipe.backbone.in_features, 98)  # 1 s -> 98 frames, 1-D input
-    y = pipe(wave)
-    assert y.shape == (2, 35) and torch.isfinite(y).all()
-    y.logsumexp(dim=1).sum().backward()
-    grads = [p.grad for p in pipe.backbone.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert all(g.abs().sum() > 0 for g in grads)  # every weight is on the loss path
+    assert_trains(pipe, wave, 35, params=pipe.backbone)
 
 
 def test_wrong_shapes_are_user_errors():
@@ -143,50 +109,26 @@ def test_wrong_shapes_are_user_errors():
 
 
 # ---------------------------------------------------------------- MatchboxNet streaming
-def stream(model, x, window, seed=0, max_chunk=9):
-    g = torch.Generator().manual_seed(seed)
-    sizes, left = [0, 1, 0], x.shape[-1] - 1
-    while left > 0:
-        c = min(int(torch.randint(0, max_chunk + 1, (1,), generator=g)), left)
-        sizes.append(c)
-        left -= c
-    state = model.init_state(x.shape[0], window=window)
-    out, i = [], 0
-    for c in sizes:
-        y, state = model.step(x[..., i:i + c], state)
-        assert y.shape[:2] == (x.shape[0], model.num_classes)
-        out.append(y)
-        i += c
-    return torch.cat(out, dim=-1)
-
-
 @pytest.mark.parametrize("causal", [False, True])
 def test_matchboxnet_streaming_equals_whole(causal):
     torch.manual_seed(1)
-    m = create_model("matchboxnet_3x1x64", num_classes=5, causal=causal)
-    randomize_batchnorm(m)
-    m.eval()
+    m = eval_model("matchboxnet_3x1x64", num_classes=5, causal=causal)
     assert m.streamable and m.frame_stride == 1
     assert m.lookahead_frames == (0 if causal else 5 + 6 + 7 + 8 + 28)
     t = 170
     x = torch.randn(2, 64, t)
-    with torch.no_grad():
-        whole = m.forward_frames(x, 98)
-        streamed = stream(m, x, 98, seed=3 + causal)
+    whole, streamed = assert_model_streams(m, x, 98, seed=3 + causal, max_chunk=9, atol=1e-4,
+                                           causal=causal)
     assert whole.shape == (2, 5, t)
-    n = streamed.shape[-1]
-    assert n == t - m.lookahead_frames  # every frame that needs no input past the end
-    torch.testing.assert_close(streamed, whole[..., :n], atol=1e-4, rtol=0)
+    assert streamed.shape[-1] == t - m.lookahead_frames  # every frame needing no input past t
 
 
 def test_matchboxnet_clip_logits_equal_last_frame():
     torch.manual_seed(2)
-    m = create_model("matchboxnet_3x1x64")
-    randomize_batchnorm(m)
-    m.eval()
+    m = eval_model("matchboxnet_3x1x64")
     x = torch.randn(3, 64, 98)
+    assert_clip_is_last_frame(m, x, atol=1e-5)  # window = 98 frames, and window=None
     with torch.no_grad():
-        torch.testing.assert_close(m.forward_frames(x, 98)[..., -1], m(x), atol=1e-5, rtol=0)
         assert m.body(x).shape == (3, 128, 98)
 
 
@@ -219,7 +161,7 @@ def test_kwt_attends_to_the_whole_window():
 def test_kwt_layer_equals_torch_encoder_layer(prenorm):
     """Our layer (q/k/v without bias) is PyTorch's encoder layer with zero in_proj bias."""
     torch.manual_seed(4)
-    ours = kwskit.models.kwt.EncoderLayer(32, 2, 64, 0.0, prenorm).eval()
+    ours = EncoderLayer(32, 2, 64, 0.0, prenorm).eval()
     ref = nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, activation="gelu",
                                      layer_norm_eps=1e-6, batch_first=True,
                                      norm_first=prenorm).eval()

@@ -9,32 +9,13 @@ from torch import nn
 from kwskit.errors import KwsError
 from kwskit.layers import StreamConv2d
 from kwskit.models import create_model, list_models, model_info
+from model_checks import (assert_clip_is_last_frame, assert_model_streams, assert_trains,
+                          eval_model, feature_shape, n_params, recipe_frames)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DSCNN = ["dscnn_s", "dscnn_m", "dscnn_l"]
 BCRESNET = ["bcresnet1", "bcresnet1_5", "bcresnet2", "bcresnet3", "bcresnet6", "bcresnet8"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def n_features(name: str) -> int:
-    fe = model_info(name)["frontend"]
-    return fe.get("n_mfcc") or fe["n_mels"]
-
-
-def recipe_frames(name: str) -> int:
-    """Frames of a 1-s clip under the recipe front-end (center=False)."""
-    fe = model_info(name)["frontend"]
-    return 1 + (16000 - fe["win_length"]) // fe["hop_length"]
 
 
 def conv_linear_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -57,19 +38,6 @@ def conv_linear_macs(model: nn.Module, x: torch.Tensor) -> int:
     for h in hooks:
         h.remove()
     return total[0]
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics and affine parameters, so eval-mode BN matters."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
 
 
 # ---------------------------------------------------------------- registry
@@ -191,14 +159,8 @@ def test_dscnn_layout():
 @pytest.mark.parametrize("name", DSCNN + BCRESNET)
 def test_forward_shape_and_backward(name):
     torch.manual_seed(0)
-    m = create_model(name, num_classes=35).train()
-    x = torch.randn(2, 1, n_features(name), recipe_frames(name))
-    y = m(x)
-    assert y.shape == (2, 35) and torch.isfinite(y).all()
-    y.logsumexp(dim=1).sum().backward()
-    grads = [p.grad for p in m.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert any(g.abs().sum() > 0 for g in grads)
+    m = create_model(name, num_classes=35)
+    assert_trains(m, torch.randn(*feature_shape(name, 2, recipe_frames(name))), 35)
 
 
 def test_wrong_input_shape_is_a_user_error():
@@ -211,59 +173,20 @@ def test_wrong_input_shape_is_a_user_error():
 
 
 # ---------------------------------------------------------------- the streaming proof
-def chunks(total: int, seed: int, max_chunk: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    sizes, left = [0, 1, 0], total - 1
-    while left > 0:
-        c = min(int(torch.randint(0, max_chunk + 1, (1,), generator=g)), left)
-        sizes.append(c)
-        left -= c
-    return sizes
-
-
-def stream(model, x, window, seed=0, max_chunk=9):
-    state = model.init_state(x.shape[0], window=window)
-    out, i = [], 0
-    for c in chunks(x.shape[-1], seed, max_chunk):
-        y, state = model.step(x[..., i:i + c], state)
-        assert y.shape[:2] == (x.shape[0], model.num_classes)
-        out.append(y)
-        i += c
-    return torch.cat(out, dim=-1)
-
-
 @pytest.mark.parametrize("name,causal", [(n, False) for n in DSCNN + BCRESNET]
                          + [("dscnn_m", True), ("bcresnet1", True)])
 def test_streaming_equals_whole(name, causal):
     torch.manual_seed(1)
-    m = create_model(name, num_classes=5, causal=causal)
-    randomize_batchnorm(m)
-    m.eval()
+    m = eval_model(name, num_classes=5, causal=causal)
     t = 300 if name in ("dscnn_s", "dscnn_m", "bcresnet1") else 160
-    x = torch.randn(2, 1, n_features(name), t)
+    x = torch.randn(*feature_shape(name, 2, t))
     window = m.num_out_frames(recipe_frames(name))  # a 1-s clip's worth of frames
-    with torch.no_grad():
-        whole = m.forward_frames(x, window)
-        streamed = stream(m, x, window, seed=len(name))
-    assert whole.shape == (2, 5, m.num_out_frames(t))
-    n = streamed.shape[-1]
-    la, s = m.lookahead_frames, m.frame_stride
-    assert n == (t - 1 - la) // s + 1  # every frame not needing input past the end
-    if causal:
-        assert la == 0 and n == whole.shape[-1]
-    torch.testing.assert_close(streamed, whole[..., :n], atol=1e-5, rtol=0)
+    assert_model_streams(m, x, window, seed=len(name), max_chunk=9, atol=1e-5, causal=causal)
 
 
 @pytest.mark.parametrize("name", ["dscnn_s", "dscnn_l", "bcresnet1", "bcresnet3"])
 def test_clip_logits_equal_last_frame(name):
     torch.manual_seed(2)
-    m = create_model(name)
-    randomize_batchnorm(m)
-    m.eval()
-    t = recipe_frames(name)
-    x = torch.randn(3, 1, n_features(name), t)
-    with torch.no_grad():
-        frames = m.forward_frames(x, window=m.num_out_frames(t))
-        torch.testing.assert_close(frames[..., -1], m(x), atol=1e-5, rtol=0)
-        # window=None (all frames so far) gives the same last frame on a clip
-        torch.testing.assert_close(m.forward_frames(x)[..., -1], m(x), atol=1e-5, rtol=0)
+    m = eval_model(name)
+    x = torch.randn(*feature_shape(name, 3, recipe_frames(name)))
+    assert_clip_is_last_frame(m, x, atol=1e-5)

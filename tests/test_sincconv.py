@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-import kwskit.models.sincconv  # noqa: F401  (registers the models)
 from kwskit.config import load_config
 from kwskit.errors import KwsError
 from kwskit.eval.profile import count_macs
@@ -18,6 +16,10 @@ from kwskit.layers.sinc import LogCompression, SincConv1d
 from kwskit.models import create_model, list_models, model_info
 from kwskit.models.sincconv import ChannelShuffle
 from kwskit.train.run import build_pipeline
+from model_checks import (assert_clip_is_last_frame, assert_model_streams, assert_trains,
+                          eval_model, n_params)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NAMES = ["sincconv_dsconv", "sincconv_gdsconv"]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -28,29 +30,6 @@ SEED_TABLE = [40, 40, 40, 40,
               1000, 40, 6400, 160, 160, 160,
               *[1440, 160, 25600, 160, 160, 160] * 4,
               1920, 12]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm1d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
 
 
 # ---------------------------------------------------------------- registry and sizes
@@ -184,12 +163,8 @@ def test_recipe_pipeline_forward_and_backward(name):
     assert cfg.model.name == name and cfg.frontend == {"type": "none"}
     pipe = build_pipeline(cfg, num_classes=12).train()
     wave = 0.1 * torch.randn(2, 16000)  # a 1-s clip at 16 kHz
-    y = pipe(wave)
-    assert y.shape == (2, 12) and torch.isfinite(y).all()
-    y.logsumexp(dim=1).sum().backward()
-    grads = {k: p.grad for k, p in pipe.named_parameters()}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
-    assert grads["backbone.body.sinc.low"].abs().sum() > 0  # the filterbank trains
+    assert_trains(pipe, wave, 12)  # every parameter of the pipeline gets a gradient
+    assert pipe.backbone.body.sinc.low.grad.abs().sum() > 0  # the filterbank trains
     assert pipe.backbone.body(wave[:, None]).shape[-1] == 16
 
 
@@ -205,52 +180,23 @@ def test_user_errors_are_named():
 
 
 # ---------------------------------------------------------------- the streaming proof
-def chunk_sizes(total: int, seed: int) -> list[int]:
-    """Random chunk sizes summing to ``total``: 0- and 1-sample chunks, then up to 3000."""
-    g = torch.Generator().manual_seed(seed)
-    sizes, left = [0, 1, 0, 1], total - 2
-    while left > 0:
-        c = min(int(torch.randint(0, 3001, (1,), generator=g)), left)
-        sizes.append(c)
-        left -= c
-    return sizes + [0]
-
-
 @pytest.mark.parametrize("name,causal", [(n, False) for n in NAMES] + [("sincconv_gdsconv", True)])
 def test_streaming_equals_whole(name, causal):
     torch.manual_seed(1)
-    m = create_model(name, num_classes=5, causal=causal)
-    randomize_batchnorm(m)
-    m.eval()
+    m = eval_model(name, num_classes=5, causal=causal)
     t = 13001
     x = 0.2 * torch.randn(2, t)
     window = m.num_out_frames(16000)  # a 1-s clip's worth of frames
-    with torch.no_grad():
-        whole = m.forward_frames(x, window)
-        state, outs, i = m.init_state(2, window=window), [], 0
-        for c in chunk_sizes(t, seed=len(name)):
-            y, state = m.step(x[:, i:i + c], state)
-            assert y.shape[:2] == (2, 5)
-            outs.append(y)
-            i += c
-    streamed = torch.cat(outs, dim=-1)
-    assert whole.shape == (2, 5, m.num_out_frames(t))
-    n, la, s = streamed.shape[-1], m.lookahead_frames, m.frame_stride
-    assert n == (t - 1 - la) // s + 1 and n >= 8  # every frame not needing samples past the end
-    if causal:
-        assert la == 0 and n == whole.shape[-1]
-    torch.testing.assert_close(streamed, whole[..., :n], atol=1e-5, rtol=0)
+    # chunks of 0 and 1 samples first, then up to 3000
+    _, streamed = assert_model_streams(m, x, window, seed=len(name), max_chunk=3000,
+                                       atol=1e-5, causal=causal)
+    assert streamed.shape[-1] >= 8
 
 
 def test_clip_logits_equal_last_frame():
     torch.manual_seed(2)
-    m = create_model("sincconv_gdsconv")
-    randomize_batchnorm(m)
-    m.eval()
-    x = 0.2 * torch.randn(3, 16000)
-    with torch.no_grad():
-        frames = m.forward_frames(x, window=m.num_out_frames(16000))
-        torch.testing.assert_close(frames[..., -1], m(x), atol=1e-5, rtol=0)
+    m = eval_model("sincconv_gdsconv")
+    assert_clip_is_last_frame(m, 0.2 * torch.randn(3, 16000), atol=1e-5)
 
 
 # ---------------------------------------------------------------- it learns

@@ -9,58 +9,28 @@ import pytest
 import torch
 from torch import nn
 
-import kwskit.models.res15  # noqa: F401  (registers res15)
-import kwskit.models.tcresnet  # noqa: F401  (registers tcresnet*)
 from kwskit.config import load_config
 from kwskit.errors import KwsError
 from kwskit.eval.profile import count_macs
-from kwskit.features.frontend import build_frontend
 from kwskit.layers import StreamSum
 from kwskit.models import create_model, list_models, model_info
-from kwskit.models.pipeline import KwsPipeline
 from kwskit.models.res15 import dilation_of
 from kwskit.models.tcresnet import tc_block
+from model_checks import (assert_clip_is_last_frame, assert_model_streams, assert_trains,
+                          eval_model, feature_shape, n_params, randomize_batchnorm,
+                          recipe_frames, recipe_pipeline)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TCRESNET = ["tcresnet8", "tcresnet14", "tcresnet14_1_5"]
 ALL = TCRESNET + ["res15"]
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def recipe_frames(name: str) -> int:
-    fe = model_info(name)["frontend"]
-    return 1 + (16000 - fe["win_length"]) // fe["hop_length"]
-
-
 def features(name: str, batch: int, frames: int, seed: int = 0) -> torch.Tensor:
+    """Seeded random recipe features (40 MFCCs) for ``name``."""
     g = torch.Generator().manual_seed(seed)
-    if model_info(name)["input"] == "1d":
-        return torch.randn(batch, 40, frames, generator=g)
-    return torch.randn(batch, 1, 40, frames, generator=g)
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics (and affine parameters where there are any)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
+    return torch.randn(*feature_shape(name, batch, frames), generator=g)
 
 
 # ---------------------------------------------------------------- registry
@@ -171,17 +141,11 @@ def test_layout_and_timing():
 def test_recipe_input_forward_and_backward(name):
     torch.manual_seed(0)
     info = model_info(name)
-    pipe = KwsPipeline(build_frontend(info["frontend"]), create_model(name, num_classes=35),
-                       input_kind=info["input"]).train()
+    pipe = recipe_pipeline(name, num_classes=35).train()
     wave = 0.1 * torch.randn(2, 16000)
     feats = pipe.features(wave)
     assert feats.shape == ((2, 40, 98) if info["input"] == "1d" else (2, 1, 40, 98))
-    y = pipe(wave)
-    assert y.shape == (2, 35) and torch.isfinite(y).all()
-    y.logsumexp(dim=1).sum().backward()
-    grads = [p.grad for p in pipe.backbone.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert all(g.abs().sum() > 0 for g in grads)  # every layer gets a gradient
+    assert_trains(pipe, wave, 35, params=pipe.backbone)
 
 
 def test_recipes_build():
@@ -194,47 +158,15 @@ def test_recipes_build():
 
 
 # ---------------------------------------------------------------- the streaming proof
-def chunks(total: int, seed: int, max_chunk: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    sizes, left = [0, 1, 0], total - 1
-    while left > 0:
-        c = min(int(torch.randint(0, max_chunk + 1, (1,), generator=g)), left)
-        sizes.append(c)
-        left -= c
-    return sizes
-
-
-def stream(model, x, window, seed=0, max_chunk=9):
-    state = model.init_state(x.shape[0], window=window)
-    out, i = [], 0
-    for c in chunks(x.shape[-1], seed, max_chunk):
-        y, state = model.step(x[..., i:i + c], state)
-        assert y.shape[:2] == (x.shape[0], model.num_classes)
-        out.append(y)
-        i += c
-    return torch.cat(out, dim=-1)
-
-
 @pytest.mark.parametrize("name,causal,t", [
     ("tcresnet8", False, 203), ("tcresnet14", False, 290), ("tcresnet14_1_5", False, 261),
     ("res15", False, 101), ("tcresnet8", True, 97), ("res15", True, 41)])
 def test_streaming_equals_whole(name, causal, t):
     torch.manual_seed(1)
-    m = create_model(name, num_classes=5, causal=causal)
-    randomize_batchnorm(m)
-    m.eval()
+    m = eval_model(name, num_classes=5, causal=causal)
     x = features(name, 2, t, seed=3)
     window = m.num_out_frames(recipe_frames(name))  # a 1-s clip's worth of frames
-    with torch.no_grad():
-        whole = m.forward_frames(x, window)
-        streamed = stream(m, x, window, seed=len(name) + t)
-    assert whole.shape == (2, 5, m.num_out_frames(t))
-    la, s = m.lookahead_frames, m.frame_stride
-    n = streamed.shape[-1]
-    assert n == (t - 1 - la) // s + 1 > 0  # every frame not needing input past the end
-    if causal:
-        assert n == whole.shape[-1]
-    torch.testing.assert_close(streamed, whole[..., :n], atol=1e-5, rtol=0)
+    assert_model_streams(m, x, window, seed=len(name) + t, max_chunk=9, atol=1e-5, causal=causal)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -267,13 +199,8 @@ def test_strided_block_aligns_shortcut_and_main_path(causal):
 @pytest.mark.parametrize("name", ["tcresnet8", "res15"])
 def test_clip_logits_equal_last_frame(name):
     torch.manual_seed(2)
-    m = create_model(name)
-    randomize_batchnorm(m)
-    m.eval()
-    x = features(name, 3, 98)
-    with torch.no_grad():
-        frames = m.forward_frames(x, window=m.num_out_frames(98))
-        torch.testing.assert_close(frames[..., -1], m(x), atol=1e-5, rtol=0)
+    m = eval_model(name)
+    assert_clip_is_last_frame(m, features(name, 3, 98), atol=1e-5)
 
 
 # ---------------------------------------------------------------- it learns
