@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_info)
 
+    from kwskit.stream.cli import add_parsers as add_stream_parsers
+
+    add_stream_parsers(sub)  # stream, eval-stream
+
     pl = sub.add_parser("plot", help="plots across runs")
     psub = pl.add_subparsers(dest="plot_command", required=True, metavar="KIND")
     pp = psub.add_parser("pareto", help="accuracy against MACs and parameter bytes (Metric-FLOPs / Metric-Memory)")

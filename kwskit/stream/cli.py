@@ -1,0 +1,271 @@
+"""``kwskit stream`` and ``kwskit eval-stream``: argument parsing and the two commands.
+
+``add_parsers(subparsers)`` adds both sub-commands to the ``kwskit`` parser; heavy imports
+(torch, the model) happen only when one of them runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from kwskit.errors import KwsError
+
+
+def parse_threshold(text: str) -> float | dict:
+    """``"0.7"`` -> 0.7; ``"yes=0.8,no=0.6"`` -> dict; ``"0.6,yes=0.8"`` -> dict with a
+    default for the keywords not named (key ``"*"``)."""
+    default, named = None, {}
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, _, val = part.rpartition("=")
+        try:
+            v = float(val)
+        except ValueError:
+            raise KwsError(f"--threshold: {part!r} is not a number or keyword=number") from None
+        if not 0.0 <= v <= 1.0 or not math.isfinite(v):
+            raise KwsError(f"--threshold: {part!r} must be a probability in [0, 1]")
+        if key:
+            named[key.strip()] = v
+        else:
+            default = v
+    if not named:
+        if default is None:
+            raise KwsError(f"--threshold: no value in {text!r}")
+        return default
+    if default is not None:
+        named["*"] = default
+    return named
+
+
+def _thresholds_for(thr: float | dict, labels: list[str]) -> float | dict:
+    if not isinstance(thr, dict):
+        return thr
+    default = thr.get("*", 0.5)
+    unknown = sorted(k for k in thr if k != "*" and k not in labels)
+    if unknown:
+        raise KwsError(f"--threshold: unknown keyword(s) {', '.join(unknown)} "
+                       f"(labels: {', '.join(labels)})")
+    return {lab: thr.get(lab, default) for lab in labels}
+
+
+def _plot_path(base: str, audio: str, many: bool) -> Path:
+    p = Path(base)
+    if not many:
+        return p
+    return p.with_name(f"{p.stem}_{Path(audio).stem}{p.suffix or '.png'}")
+
+
+def _print_detections(res, file=None) -> None:
+    file = file or sys.stdout
+    n = len(res.detections)
+    print(f"{res.source}: {res.duration_s:.1f} s, {n} detection{'s' if n != 1 else ''}",
+          file=file)
+    for d in res.detections:
+        print(f"  {d.start:9.2f} s  {d.keyword:<12s} {d.score:.3f}  "
+              f"(until {d.end:.2f} s)", file=file)
+
+
+# ------------------------------------------------------------------------------ microphone
+def mic_blocks(chunk_ms: float, seconds: float | None, sample_rate: int = 16000):
+    """Blocks of mono float32 samples from the default input device (``sounddevice``).
+
+    Opens the device at ``sample_rate`` when it supports it, else at its default rate with a
+    streaming soxr resampler. Stops after ``seconds`` (None: until Ctrl-C). A missing
+    ``sounddevice`` package, PortAudio library or input device raises KwsError.
+    """
+    import queue
+
+    import numpy as np
+
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as exc:
+        raise KwsError(f"no audio input device (sounddevice unavailable: {exc}; "
+                       "`pip install sounddevice` for --mic)") from None
+    try:
+        dev = sd.query_devices(kind="input")
+    except Exception as exc:  # PortAudioError / ValueError when there is no input device
+        raise KwsError(f"no audio input device ({exc})") from None
+    rate = sample_rate
+    try:
+        sd.check_input_settings(samplerate=rate, channels=1, dtype="float32")
+    except Exception:
+        rate = int(dev.get("default_samplerate") or sample_rate)
+    resampler = None
+    if rate != sample_rate:
+        import soxr
+
+        resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+    block = max(1, int(round(chunk_ms / 1000.0 * rate)))
+    q: queue.Queue = queue.Queue()
+
+    def callback(indata, frames, time_info, status):  # runs on PortAudio's thread
+        q.put(indata[:, 0].copy())
+
+    limit = None if seconds is None else int(round(seconds * rate))
+    got = 0
+    try:
+        stream = sd.InputStream(samplerate=rate, channels=1, dtype="float32", blocksize=block,
+                                callback=callback)
+    except Exception as exc:
+        raise KwsError(f"no audio input device ({exc})") from None
+    with stream:
+        while limit is None or got < limit:
+            x = q.get()
+            if limit is not None:
+                x = x[: limit - got]
+            got += len(x)
+            yield resampler.resample_chunk(x) if resampler is not None else x
+    if resampler is not None:  # the resampler's filter still holds the last few samples
+        yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+class _LiveLine:
+    """One status line rewritten in place: time, the top keyword now, the last detection."""
+
+    def __init__(self, labels: list[str], file=None):
+        from kwskit.stream.detector import DEFAULT_IGNORE
+
+        self.kw = [i for i, lab in enumerate(labels) if lab not in DEFAULT_IGNORE]
+        self.labels, self.file, self.last = labels, file or sys.stderr, "-"
+
+    def __call__(self, scores, times, new) -> None:
+        for d in new:
+            self.last = f"{d.keyword} @ {d.start:.2f} s ({d.score:.2f})"
+            print(f"\r{' ' * 78}\r  detected {self.last}", file=self.file)
+        if len(times) and self.kw:
+            row = scores[-1]
+            i = max(self.kw, key=lambda k: row[k])
+            line = (f"\r  {times[-1]:8.1f} s | top {self.labels[i]:<10s} {row[i]:.2f} | "
+                    f"last {self.last}")
+            print(f"{line:<80s}", end="", file=self.file, flush=True)
+
+
+# ------------------------------------------------------------------------------ commands
+def cmd_stream(a) -> int:
+    """``kwskit stream RUN AUDIO... | --mic``."""
+    import torch
+
+    from kwskit.stream.detector import Detector
+    from kwskit.stream.longaudio import run_stream, stream_file
+    from kwskit.stream.streaming import Streamer
+    from kwskit.train.run import load_model
+
+    if bool(a.audio) == bool(a.mic):
+        raise KwsError("give audio files to stream, or --mic (not both)")
+    if not a.chunk_ms > 0:
+        raise KwsError(f"--chunk-ms: must be > 0, got {a.chunk_ms}")
+    if a.threads < 1:
+        raise KwsError(f"--threads: must be >= 1, got {a.threads}")
+    for path in a.audio:
+        if not Path(path).is_file():
+            raise KwsError(f"{path}: no such audio file")
+    thr = parse_threshold(a.threshold)
+    pipeline, _cfg, labels = load_model(a.run, a.checkpoint)
+    thr = _thresholds_for(thr, labels)
+    streamer = Streamer(pipeline, window_s=a.window_s)
+    detector = Detector(labels, threshold=thr, smoothing_s=a.smoothing_s,
+                        refractory_s=a.refractory_s, min_duration_s=a.min_duration_s)
+    if not a.json:
+        print(f"{a.run}: {streamer}", file=sys.stderr)
+    torch.set_num_threads(a.threads)
+    results = []
+    if a.mic:
+        live = _LiveLine(labels)
+        try:
+            res = run_stream(streamer, mic_blocks(a.chunk_ms, a.seconds), detector,
+                             keep_scores=bool(a.plot), source="microphone", on_frames=live,
+                             progress=False)
+        except KeyboardInterrupt:  # Ctrl-C ends a live session normally
+            res = None
+        print(file=sys.stderr)
+        if res is None:
+            print("stopped", file=sys.stderr)
+            return 0
+        results.append(res)
+    else:
+        for path in a.audio:
+            results.append(stream_file(streamer, path, detector, chunk_ms=a.chunk_ms,
+                                       keep_scores=bool(a.plot)))
+    if a.plot:
+        from kwskit.stream.plots import plot_stream
+
+        for res in results:
+            out = _plot_path(a.plot, res.source, len(results) > 1)
+            plot_stream(res.scores, res.times, labels, res.detections, out, threshold=thr,
+                        envelope=res.envelope, title=f"{Path(res.source).name}: "
+                        f"{len(res.detections)} detection(s), threshold {a.threshold}")
+            if not a.json:
+                print(f"plot: {out}", file=sys.stderr)
+    if a.json:
+        print(json.dumps({"run": str(a.run), "labels": labels, "threshold": thr,
+                          "window_s": a.window_s, "delay_s": round(streamer.delay_s, 4),
+                          "frame_step_s": round(streamer.frame_step_s, 4),
+                          "files": [r.to_dict() for r in results]}))
+    else:
+        for res in results:
+            _print_detections(res)
+    return 0
+
+
+def cmd_eval_stream(a) -> int:
+    """``kwskit eval-stream RUN --data DIR | --stream FILE --labels-file FILE``."""
+    from kwskit.stream.evalstream import evaluate_stream, format_summary
+
+    result, out = evaluate_stream(
+        a.run, data=a.data, split=a.split, minutes=a.minutes, snr_db=a.snr, seed=a.seed,
+        out=a.out, stream=a.stream, labels_file=a.labels_file, which=a.checkpoint,
+        window_s=a.window_s, smoothing_s=a.smoothing_s, refractory_s=a.refractory_s,
+        save_audio=a.save_audio)
+    print(format_summary(result))
+    print(f"report: {out / 'det.json'}  plot: {out / 'det.png'}")
+    if a.json:
+        print(json.dumps({"summary": result["summary"], "occurrences": result["occurrences"],
+                          "duration_s": result["duration_s"], "out": str(out)}))
+    return 0
+
+
+def add_parsers(subparsers) -> None:
+    """Add ``stream`` and ``eval-stream`` to the ``kwskit`` sub-command parser."""
+    s = subparsers.add_parser("stream", help="detect keywords in long recordings or live audio")
+    s.add_argument("run", help="run directory or checkpoint")
+    s.add_argument("audio", nargs="*", help="audio files (any rate / channels; read in blocks)")
+    s.add_argument("--mic", action="store_true", help="listen to the default input device")
+    s.add_argument("--seconds", type=float, default=None, help="--mic: stop after this long")
+    s.add_argument("--plot", metavar="PNG", help="write keyword probability over time")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--threshold", default="0.5",
+                   help="probability, or keyword=p,... (a bare number is the default)")
+    s.add_argument("--chunk-ms", type=float, default=100.0, help="audio block size (ms)")
+    s.add_argument("--window-s", type=float, default=1.0, help="classifier window (s)")
+    s.add_argument("--smoothing-s", type=float, default=0.1, help="posterior smoothing (s)")
+    s.add_argument("--refractory-s", type=float, default=1.0, help="debounce per keyword (s)")
+    s.add_argument("--min-duration-s", type=float, default=0.0, help="shortest span (s)")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    s.set_defaults(func=cmd_stream)
+
+    e = subparsers.add_parser("eval-stream",
+                              help="false rejects vs false alarms per hour on long streams")
+    e.add_argument("run", help="run directory or checkpoint")
+    e.add_argument("--data", help="data set to build test streams from")
+    e.add_argument("--split", default="test", choices=["test", "validation", "train"])
+    e.add_argument("--minutes", type=float, default=10.0, help="generated stream length")
+    e.add_argument("--snr", type=float, nargs="+", default=[10.0, 20.0], metavar="DB",
+                   help="word SNR in dB: one value or a low and a high")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", help="output folder (default RUN/eval-stream)")
+    e.add_argument("--stream", help="a real recording to score instead (with --labels-file)")
+    e.add_argument("--labels-file", help="CSV/TSV of keyword, start, end (seconds)")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--window-s", type=float, default=1.0)
+    e.add_argument("--smoothing-s", type=float, default=0.1)
+    e.add_argument("--refractory-s", type=float, default=1.0)
+    e.add_argument("--save-audio", action="store_true", help="also write the stream as FLAC")
+    e.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    e.set_defaults(func=cmd_eval_stream)

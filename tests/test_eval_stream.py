@@ -1,0 +1,231 @@
+"""Streaming evaluation: generated test streams, the scoring rule, DET sweeps, the command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kwskit.config import ExperimentConfig, ModelConfig
+from kwskit.errors import KwsError
+from kwskit.models import model_info
+from kwskit.stream.detector import Detection
+from kwskit.stream.evalstream import (Occurrence, build_test_stream, frr_at_fa,
+                                      read_labels_file, score_detections, speech_bounds, sweep,
+                                      write_labels_file)
+from kwskit.train.run import build_pipeline, save_checkpoint
+
+SR = 16000
+LABELS = ["yes", "no", "_silence_", "_unknown_"]  # tiny_data also has up, down, bed
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_speech_bounds_find_the_word():
+    rng = np.random.default_rng(0)
+    x = 0.01 * rng.standard_normal(SR)
+    t = np.arange(SR) / SR
+    x[4800:11200] += 0.3 * np.sin(2 * np.pi * 700 * t[4800:11200])
+    a, b = speech_bounds(x.astype(np.float32))
+    assert abs(a - 4800) <= 160 and abs(b - 11200) <= 160
+    assert speech_bounds(0.01 * rng.standard_normal(SR)) is None  # noise only
+    assert speech_bounds(np.zeros(SR)) is None
+
+
+def _rms_db(x) -> float:
+    return 10 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-20)
+
+
+def test_test_stream_is_seeded_and_labelled(tiny_data):
+    a = build_test_stream(tiny_data, LABELS, "test", minutes=1.0, snr_db=[20], seed=3,
+                          progress=False)
+    b = build_test_stream(tiny_data, LABELS, "test", minutes=1.0, snr_db=[20], seed=3,
+                          progress=False)
+    c = build_test_stream(tiny_data, LABELS, "test", minutes=1.0, snr_db=[20], seed=4,
+                          progress=False)
+    assert np.array_equal(a.audio, b.audio) and a.occurrences == b.occurrences
+    assert not np.array_equal(a.audio, c.audio)
+    assert len(a.audio) == 60 * SR and a.duration_s == 60.0
+    assert np.max(np.abs(a.audio)) <= 1.0
+    words = {w["word"] for w in a.words}
+    assert {"yes", "no"} <= words and words & {"up", "down", "bed"}  # keywords and unknowns
+    assert {o.keyword for o in a.occurrences} == {"yes", "no"}
+    assert len(a.occurrences) == sum(w["keyword"] for w in a.words) >= 8
+    # only test-split speakers (2 and 3 in conftest) are used
+    assert all(w["path"].split("/")[1][:8] in _speakers(2, 3) for w in a.words)
+    # words do not overlap, and each is 20 dB above the noise between the words
+    spans = sorted((w["start"], w["end"]) for w in a.words)
+    assert all(e1 < s2 for (_, e1), (s2, _) in zip(spans, spans[1:]))
+    gaps = np.ones(len(a.audio), bool)
+    for w in a.words:
+        gaps[max(0, int((w["start"] - 0.2) * SR)) : int((w["end"] + 0.2) * SR)] = False
+    noise_db = _rms_db(a.audio[gaps])
+    for w in a.words:
+        word_db = _rms_db(a.audio[int(w["start"] * SR) : int(w["end"] * SR)])
+        assert word_db - noise_db == pytest.approx(20.04, abs=1.5), w
+
+
+def _speakers(*ids):
+    import hashlib
+
+    return {hashlib.sha1(f"spk{i}".encode()).hexdigest()[:8] for i in ids}
+
+
+def test_test_stream_errors(tiny_data, tmp_path):
+    with pytest.raises(KwsError, match="no clips of the model's keywords"):
+        build_test_stream(tiny_data, ["maybe", "_silence_", "_unknown_"], "test", 0.5,
+                          progress=False)
+    with pytest.raises(KwsError, match="snr"):
+        build_test_stream(tiny_data, LABELS, "test", 0.5, snr_db=[1, 2, 3], progress=False)
+    with pytest.raises(KwsError, match="minutes"):
+        build_test_stream(tiny_data, LABELS, "test", 0, progress=False)
+    with pytest.raises(KwsError, match="does not exist"):
+        build_test_stream(tmp_path / "nothing", LABELS, "test", 1, progress=False)
+
+
+def test_scoring_rule():
+    occ = [Occurrence("yes", 10.0, 10.5), Occurrence("no", 20.0, 20.4),
+           Occurrence("yes", 30.0, 30.6)]
+    det = [
+        Detection("yes", 10.2, 10.4, 0.9),  # hit
+        Detection("yes", 11.3, 11.4, 0.9),  # in the window, but the word was found: FA
+        Detection("no", 21.6, 21.8, 0.9),  # starts 1.2 s after the end: FA (and a miss)
+        Detection("yes", 29.5, 30.4, 0.9),  # starts before the onset: FA (and a miss)
+        Detection("no", 30.2, 30.3, 0.9),  # the wrong keyword on a 'yes': FA
+    ]
+    r = score_detections(det, occ, ["yes", "no"], duration_s=1800.0)
+    assert r["yes"] == {"occurrences": 2, "hits": 1, "false_alarms": 2, "misses": 1,
+                        "frr": 0.5, "fa_per_hour": 4.0}
+    assert r["no"] == {"occurrences": 1, "hits": 0, "false_alarms": 2, "misses": 1,
+                       "frr": 1.0, "fa_per_hour": 4.0}
+    assert r["overall"]["frr"] == pytest.approx(2 / 3) and r["overall"]["false_alarms"] == 4
+    # the window's edges are inclusive: onset and end + 1 s
+    edge = [Detection("yes", 10.0, 10.1, 0.9), Detection("yes", 31.6, 31.7, 0.9)]
+    r = score_detections(edge, [occ[0], occ[2]], ["yes"], 3600.0)
+    assert r["yes"]["hits"] == 2 and r["overall"]["false_alarms"] == 0
+    # one span over two words finds one of them (a stuck-high score is not rewarded)
+    r = score_detections([Detection("yes", 10.2, 31.0, 0.9)], [occ[0], occ[2]], ["yes"], 3600.0)
+    assert (r["yes"]["hits"], r["yes"]["misses"], r["yes"]["false_alarms"]) == (1, 1, 0)
+    with pytest.raises(KwsError, match="duration_s"):
+        score_detections([], occ, ["yes"], 0.0)
+
+
+def _oracle_scores(occ, seconds, p=0.9, distractor=None):
+    t = np.arange(int(seconds * 100)) * 0.01 + 0.015
+    s = np.zeros((len(t), len(LABELS)))
+    s[:, 2] = 1.0
+    for o in occ + ([distractor] if distractor else []):
+        k = LABELS.index(o.keyword)
+        m = (t >= o.start) & (t <= o.end + 0.3)
+        s[m] = 0.0
+        s[m, k], s[m, 2] = p, 1 - p
+    return s, t
+
+
+def test_sweep_with_oracle_scores_and_a_false_alarm():
+    occ = [Occurrence("yes" if i % 2 else "no", 3.0 * i + 1, 3.0 * i + 1.5) for i in range(20)]
+    distractor = Occurrence("yes", 62.0, 62.4)  # a 'yes' that nobody said
+    s, t = _oracle_scores(occ, 65.0, distractor=distractor)
+    res = sweep(s, t, LABELS, occ, duration_s=65.0, thresholds=[0.3, 0.5, 0.89, 0.95])
+    ov = res["curves"]["overall"]
+    assert ov["frr"] == [0.0, 0.0, 0.0, 1.0]
+    assert ov["false_alarms"] == [1, 1, 1, 0]
+    assert res["curves"]["yes"]["fa_per_hour"][0] == pytest.approx(3600 / 65.0)
+    assert res["curves"]["no"]["false_alarms"] == [0, 0, 0, 0]
+    assert res["occurrences"] == {"yes": 10, "no": 10, "overall": 20}
+    # FRR at 1 FA/h: only the threshold that rejects everything is that quiet
+    assert frr_at_fa(ov, res["thresholds"], 1.0) == {"frr": 1.0, "fa_per_hour": 0.0,
+                                                     "threshold": 0.95}
+    assert frr_at_fa(ov, res["thresholds"], 100.0)["frr"] == 0.0
+
+
+def test_labels_file_round_trip_and_errors(tmp_path):
+    occ = [Occurrence("yes", 1.25, 1.75), Occurrence("no", 4.0, 4.5)]
+    write_labels_file(tmp_path / "l.tsv", occ)
+    assert read_labels_file(tmp_path / "l.tsv", LABELS) == occ
+    (tmp_path / "l.csv").write_text("no, 4.0, 4.5\n# comment\nyes,1.25,1.75\n")
+    assert read_labels_file(tmp_path / "l.csv") == occ
+    (tmp_path / "bad.csv").write_text("keyword,start,end\nyes,1.0,0.5\n")
+    with pytest.raises(KwsError, match=r"bad.csv:2"):
+        read_labels_file(tmp_path / "bad.csv")
+    (tmp_path / "bad2.csv").write_text("yes,1.0,2.0\nmaybe,3,4\n")
+    with pytest.raises(KwsError, match=r"bad2.csv:2.*maybe"):
+        read_labels_file(tmp_path / "bad2.csv", LABELS)
+    with pytest.raises(KwsError, match="cannot read"):
+        read_labels_file(tmp_path / "missing.csv")
+
+
+def make_run(tmp_path, name="dscnn_s"):
+    cfg = ExperimentConfig(model=ModelConfig(name), frontend=model_info(name)["frontend"])
+    torch.manual_seed(0)
+    p = build_pipeline(cfg, len(LABELS)).eval()
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "best.pt",
+                    {"model": p.state_dict(), "config": cfg.to_dict(), "labels": LABELS})
+    return run
+
+
+def eval_cli(argv):
+    from kwskit.stream.cli import add_parsers
+
+    parser = argparse.ArgumentParser(prog="kwskit")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_eval_stream_command_end_to_end(tiny_data, tmp_path, capsys):
+    run = make_run(tmp_path)
+    out = tmp_path / "es"
+    assert eval_cli(["eval-stream", str(run), "--data", str(tiny_data), "--split", "test",
+                     "--minutes", "0.5", "--snr", "5", "15", "--out", str(out), "--save-audio",
+                     "--json"]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads(text.strip().splitlines()[-1])
+    assert "FRR@1FA/h" in text and summary["occurrences"]["overall"] >= 4
+    res = json.loads((out / "det.json").read_text())
+    n = len(res["thresholds"])
+    assert n > 50 and res["duration_s"] == pytest.approx(30.0, abs=0.01)
+    for k in ("yes", "no", "overall"):
+        assert len(res["curves"][k]["frr"]) == n and len(res["curves"][k]["fa_per_hour"]) == n
+    # an untrained model never reaches 0.99999: nothing detected, every word missed
+    ov = res["curves"]["overall"]
+    assert ov["false_alarms"][-1] == 0 and ov["frr"][-1] == 1.0
+    assert res["source"]["kind"] == "generated" and res["rule"]["tolerance_s"] == 1.0
+    assert (out / "det.png").stat().st_size > 10000
+    occ = read_labels_file(out / "stream_labels.tsv", LABELS)
+    assert len(occ) == summary["occurrences"]["overall"]
+
+    # the saved stream and its labels file score as a real recording
+    out2 = tmp_path / "es2"
+    assert eval_cli(["eval-stream", str(run), "--stream", str(out / "stream.flac"),
+                     "--labels-file", str(out / "stream_labels.tsv"), "--out", str(out2)]) == 0
+    res2 = json.loads((out2 / "det.json").read_text())
+    assert res2["occurrences"] == res["occurrences"] and res2["source"]["kind"] == "recording"
+
+    import soundfile as sf
+
+    sf.write(str(tmp_path / "short.wav"), np.zeros(2 * SR, np.float32), SR)
+    with pytest.raises(KwsError, match="past the end of"):
+        eval_cli(["eval-stream", str(run), "--stream", str(tmp_path / "short.wav"),
+                  "--labels-file", str(out / "stream_labels.tsv"), "--out", str(out2)])
+    with pytest.raises(KwsError, match="go together"):
+        eval_cli(["eval-stream", str(run), "--stream", str(out / "stream.flac")])
+    with pytest.raises(KwsError, match="--data"):
+        eval_cli(["eval-stream", str(run)])
+
+
+def test_kwskit_main_runs_the_commands_once_wired(tmp_path, capsys):
+    from kwskit import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "eval-stream" not in sub.choices:
+        pytest.skip("kwskit.cli does not call kwskit.stream.cli.add_parsers yet")
+    assert cli.main(["eval-stream", str(tmp_path / "no-run"), "--data", str(tmp_path)]) == 2
+    assert "no-run" in capsys.readouterr().err
+    assert cli.main(["stream", str(tmp_path / "no-run"), "--mic"]) == 2
