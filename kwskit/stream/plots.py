@@ -100,3 +100,46 @@ def plot_stream(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
     n = len(detections)
     ax_env.set_title(title or f"{n} detection{'s' if n != 1 else ''}", fontsize=10)
     _save(fig, path)
+
+
+def plot_det(result: dict, path: str | os.PathLike, title: str | None = None) -> None:
+    """DET curves (false-reject rate vs false alarms per hour, symlog x) as PNG, overall in
+    black, one coloured line per keyword (each the ``det_envelope`` of its sweep); the 1 FA/h
+    line is marked."""
+    from matplotlib.figure import Figure
+
+    from kwskit.eval.plots import _colors, _save
+    from kwskit.stream.evalstream import det_envelope
+
+    fig = Figure(figsize=(7.5, 5.4))
+    ax = fig.add_subplot()
+    kws = [k for k in result["curves"] if k != "overall"]
+    for k, color in zip(kws, _colors(len(kws))):
+        c = result["curves"][k]
+        if result["occurrences"].get(k):
+            x, y = det_envelope(c["fa_per_hour"], c["frr"])
+            ax.plot(x, 100 * y, color=color, linewidth=1.0, alpha=0.8,
+                    label=f"{k} ({result['occurrences'][k]})", drawstyle="steps-post")
+    c = result["curves"]["overall"]
+    x, y = det_envelope(c["fa_per_hour"], c["frr"])
+    ax.plot(x, 100 * y, color="black", linewidth=2.2,
+            label=f"overall ({result['occurrences']['overall']})", drawstyle="steps-post")
+    ax.axvline(1.0, color="0.5", linestyle=":", linewidth=1)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 100)
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
+    ax.set_xlabel("false alarms per hour (symlog)")
+    ax.set_ylabel("false rejects (% of keyword occurrences)")
+    ax.grid(True, color="0.9")
+    ax.set_axisbelow(True)
+    for s in ("top", "right"):
+        ax.spines[s].set_visible(False)
+    minutes = result["duration_s"] / 60.0
+    ax.set_title(title or f"Streaming DET, {minutes:.0f} min stream", fontsize=11)
+    ax.legend(fontsize=7.5, frameon=False, loc="upper right", title="keyword (occurrences)",
+              title_fontsize=7.5, ncol=1 if len(kws) <= 12 else 2)
+    _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------- the command
