@@ -17,6 +17,16 @@ import numpy as np
 from kwskit.stream.detector import DEFAULT_IGNORE, Detection
 
 
+def _light_axes(ax, xlabel: str, ylabel: str) -> None:
+    """Labels, a faint grid behind the data, no top/right frame: the look of every stream plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, color="0.92")
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
 def _thin(t: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     """Bucket maxima so a line keeps at most ~max_points points (peaks survive)."""
     n = len(t)
@@ -89,12 +99,7 @@ def plot_stream(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
     ax.set_ylim(0, 1.0)
     if len(times):
         ax.set_xlim(0, float(times[-1]))
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("keyword probability")
-    ax.grid(True, color="0.92")
-    ax.set_axisbelow(True)
-    for s in ("top", "right"):
-        ax.spines[s].set_visible(False)
+    _light_axes(ax, "time (s)", "keyword probability")
     if shown:
         ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     n = len(detections)
@@ -129,12 +134,7 @@ def plot_det(result: dict, path: str | os.PathLike, title: str | None = None) ->
     ax.set_xlim(left=0)
     ax.set_ylim(0, 100)
     ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
-    ax.set_xlabel("false alarms per hour (symlog)")
-    ax.set_ylabel("false rejects (% of keyword occurrences)")
-    ax.grid(True, color="0.9")
-    ax.set_axisbelow(True)
-    for s in ("top", "right"):
-        ax.spines[s].set_visible(False)
+    _light_axes(ax, "false alarms per hour (symlog)", "false rejects (% of keyword occurrences)")
     minutes = result["duration_s"] / 60.0
     ax.set_title(title or f"Streaming DET, {minutes:.0f} min stream", fontsize=11)
     ax.legend(fontsize=7.5, frameon=False, loc="upper right", title="keyword (occurrences)",
