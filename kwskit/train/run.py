@@ -35,10 +35,11 @@ def build_pipeline(cfg: ExperimentConfig, num_classes: int):
     info = model_info(cfg.model.name)
     frontend = build_frontend(cfg.frontend)
     kw = dict(cfg.model.args)
-    if info.get("input") in ("2d", "1d") and "in_features" not in kw:
-        n = getattr(frontend, "n_mfcc", None) or getattr(frontend, "n_mels", None)
-        if n:
-            kw["in_features"] = int(n)
+    if info.get("input") in ("2d", "1d"):
+        if not hasattr(frontend, "n_features"):
+            raise KwsError(f"config: frontend: {cfg.model.name} takes features, but frontend.type is "
+                           f"{cfg.frontend.get('type')!r} (use logmel or mfcc)")
+        kw.setdefault("in_features", int(frontend.n_features))  # sized by its front-end
     backbone = create_model(cfg.model.name, num_classes=num_classes, **kw)
     aug = AugmentConfig.from_dict(cfg.augment)
     spec = SpecAugment.from_config(aug) if aug.enabled and aug.spec_prob > 0 else None
