@@ -182,7 +182,10 @@ def plot_pareto(points: Sequence[dict], path: str | os.PathLike, title: str | No
                 zorder=2, label="Pareto front")
         ax.set_xscale("log")
         ax.margins(x=0.25, y=0.12)  # room for the labels of the outermost points
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # labels even on narrow ranges
+        values = [p[key] for p in points]
+        decades = np.log10(max(values) / max(min(values), 1e-12))
+        # 1-2-5 ticks keep narrow ranges labelled; wide ones only need the decades
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades < 2 else (1.0,)))
         ax.xaxis.set_major_formatter(EngFormatter())  # 2 M, 50 k instead of 2 x 10^6
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
