@@ -118,8 +118,9 @@ def main() -> int:
         print(json.dumps(row), flush=True)
         rows = [r for r in rows if r["recipe"] != recipe] + [row]
         write_json(RESULTS, rows)
+        update_readme(rows, Path(a.readme))  # after every row: a long run shows progress
+    if a.table_only:
         update_readme(rows, Path(a.readme))
-    update_readme(rows, Path(a.readme))
     print(render_table(rows))
     runs = [str(Path(a.out) / Path(r["recipe"]).stem) for r in rows if (Path(a.out) / Path(r["recipe"]).stem).is_dir()]
     if runs:

@@ -29,7 +29,7 @@ from kwskit.data.audio import fix_length, load_audio
 from kwskit.fsutil import atomic_path, write_json
 
 CACHE_VERSION = 1  # bump when the cached representation changes
-_INT16 = 32767.0
+INT16_SCALE = 32767.0  # cached int16 <-> float32 in [-1, 1]
 
 
 def kwskit_home() -> Path:
@@ -103,7 +103,7 @@ def _decode_all(examples, clip_samples, sample_rate, out: np.ndarray, desc: str)
 
     def work(i):
         out[i] = np.round(np.clip(decode_example(examples[i], clip_samples, sample_rate, noise_cache),
-                                  -1.0, 1.0) * _INT16).astype(np.int16)
+                                  -1.0, 1.0) * INT16_SCALE).astype(np.int16)
 
     with ThreadPoolExecutor(workers) as pool:
         for _ in tqdm(pool.map(work, range(len(examples))), total=len(examples), desc=desc,
@@ -178,7 +178,7 @@ class KwsDataset(torch.utils.data.Dataset):
         return len(self.split.examples)
 
     def __getitem__(self, i: int):
-        x = self.split.waves[i].astype(np.float32) / _INT16
+        x = self.split.waves[i].astype(np.float32) / INT16_SCALE
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             x = self.augment(x, rng)

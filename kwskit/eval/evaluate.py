@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from kwskit.data.loader import INT16_SCALE
 from kwskit.errors import KwsError
 from kwskit.fsutil import write_json
 
@@ -20,7 +21,7 @@ def predict(model, waves: np.ndarray, batch_size: int = 256, desc: str = "eval")
     """Softmax scores (N, classes) for int16 clips (N, samples)."""
     out = []
     for i in tqdm(range(0, len(waves), batch_size), desc=desc, unit="batch", disable=None, leave=False):
-        x = torch.from_numpy(np.asarray(waves[i : i + batch_size], dtype=np.float32) / 32767.0)
+        x = torch.from_numpy(np.asarray(waves[i : i + batch_size], dtype=np.float32) / INT16_SCALE)
         out.append(torch.softmax(model(x).float(), dim=1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
