@@ -1,7 +1,11 @@
 """Train recipes on real speech (../shared/data/gsc-dev, mini10) and write the results table.
 
     python benchmarks/train_gsc_dev.py                       # DS-CNN-S, BC-ResNet-1, BC-ResNet-3
-    python benchmarks/train_gsc_dev.py configs/bcresnet1.yaml --epochs 5
+    python benchmarks/train_gsc_dev.py configs/bcresnet1.yaml --epochs 15 --batch-size 100
+
+`--epochs E` is a CPU budget: the recipe's schedule is compressed into E epochs (warm-up and step
+lengths scaled by E / recipe epochs), so every recipe still warms up, decays and ends at its final
+learning rate. `--batch-size` gives every recipe the same number of optimiser steps per epoch.
 
 For each recipe: train (validation each epoch), profile (params, MACs, latency), then append or
 replace its row in benchmarks/results/gsc_dev.json and rewrite the table in README.md between
@@ -20,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kwskit.config import load_config  # noqa: E402
+from kwskit.config import budget_overrides, load_config  # noqa: E402
 from kwskit.fsutil import write_json, write_text  # noqa: E402
 
 DEFAULT_RECIPES = ["configs/dscnn_s.yaml", "configs/bcresnet1.yaml", "configs/bcresnet3.yaml"]
@@ -28,15 +32,15 @@ RESULTS = ROOT / "benchmarks" / "results" / "gsc_dev.json"
 START, END = "<!-- gsc-dev-results:start -->", "<!-- gsc-dev-results:end -->"
 
 
-def train_one(recipe: str, data: str, out_root: Path, epochs: int | None, extra: list[str]) -> dict:
+def train_one(recipe: str, data: str, out_root: Path, epochs: int | None, batch_size: int | None,
+              extra: list[str]) -> dict:
     from kwskit.eval.info import profile_target
     from kwskit.train.loop import fit
 
-    overrides = ["data.labels=mini10", *extra]
-    if epochs:
-        overrides.append(f"train.epochs={epochs}")
+    recipe_cfg = load_config(ROOT / recipe)
+    overrides = ["data.labels=mini10", *budget_overrides(recipe_cfg, epochs, batch_size), *extra]
     cfg = load_config(ROOT / recipe, overrides)
-    asked = load_config(ROOT / recipe).train.epochs
+    asked = recipe_cfg.train.epochs
     out = out_root / Path(recipe).stem
     if out.exists():
         import shutil
@@ -50,6 +54,7 @@ def train_one(recipe: str, data: str, out_root: Path, epochs: int | None, extra:
     return {
         "recipe": recipe, "model": cfg.model.name, "val_acc": result["best"]["val_acc"],
         "best_epoch": result["best"]["epoch"], "epochs": len(hist), "recipe_epochs": asked,
+        "batch_size": cfg.train.batch_size, "recipe_batch_size": recipe_cfg.train.batch_size,
         "params": prof["params"], "macs": prof["macs"], "macs_with_frontend": prof.get("macs_with_frontend"),
         "latency_ms": prof.get("latency_ms"), "wall_s": round(wall, 1),
         "clips_per_s": round(sum(h["clips_per_s"] for h in hist) / len(hist), 1),
@@ -73,15 +78,18 @@ def paper_figures(model: str) -> str:
 
 def render_table(rows: list[dict]) -> str:
     head = ("| recipe | model | val acc (mini10) | params | MACs (model / +front-end) | latency ms | "
-            "epochs | s/epoch | train clips/s | wall | paper: params / MACs / GSC acc |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+            "epochs | batch | s/epoch | train clips/s | wall | paper: params / MACs / GSC acc |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         ep = f"{r['epochs']}" + ("" if r["epochs"] >= r["recipe_epochs"] else f" of {r['recipe_epochs']} (CPU budget)")
+        bs = r.get("batch_size", "-")
+        if r.get("recipe_batch_size") not in (None, bs):
+            bs = f"{bs} (recipe {r['recipe_batch_size']})"
         macs = f"{r['macs'] / 1e6:.2f} M / {r['macs_with_frontend'] / 1e6:.2f} M" if r.get("macs_with_frontend") else f"{r['macs'] / 1e6:.2f} M"
         lat = f"{r['latency_ms']:.2f}" if r.get("latency_ms") else "-"
         lines.append(f"| {Path(r['recipe']).name} | {r['model']} | {r['val_acc'] * 100:.2f}% | {r['params']:,} | {macs} | "
-                     f"{lat} | {ep} | {r['epoch_s']:.0f} | {r['clips_per_s']:.0f} | {r['wall_s'] / 60:.1f} min | "
+                     f"{lat} | {ep} | {bs} | {r['epoch_s']:.0f} | {r['clips_per_s']:.0f} | {r['wall_s'] / 60:.1f} min | "
                      f"{paper_figures(r['model'])} |")
     return "\n".join(lines)
 
@@ -96,11 +104,17 @@ def update_readme(rows: list[dict], readme: Path) -> None:
     write_text(readme, f"{before}{START}\n{render_table(rows)}\n{END}{after}")
 
 
+def load_rows() -> list[dict]:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipes", nargs="*", default=DEFAULT_RECIPES)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gsc-dev"))
-    ap.add_argument("--epochs", type=int, default=None, help="override the recipes' epoch count (CPU budget)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="CPU budget: train E epochs with the recipe's schedule compressed into them")
+    ap.add_argument("--batch-size", type=int, default=None, help="one batch size for every recipe")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-gsc-dev"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
@@ -111,14 +125,15 @@ def main() -> int:
     if a.recipes and not Path(a.data).is_dir():
         print(f"{a.data}: gsc-dev not found (pass --data)", file=sys.stderr)
         return 2
-    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     for recipe in a.recipes:
         print(f"== {recipe}", flush=True)
-        row = train_one(recipe, a.data, Path(a.out), a.epochs, a.set)
+        row = train_one(recipe, a.data, Path(a.out), a.epochs, a.batch_size, a.set)
         print(json.dumps(row), flush=True)
-        rows = [r for r in rows if r["recipe"] != recipe] + [row]
+        # Re-read just before writing: several benchmark processes may share the results file.
+        rows = [r for r in load_rows() if r["recipe"] != recipe] + [row]
         write_json(RESULTS, rows)
         update_readme(rows, Path(a.readme))  # after every row: a long run shows progress
+    rows = load_rows()
     if a.table_only:
         update_readme(rows, Path(a.readme))
     print(render_table(rows))

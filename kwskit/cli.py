@@ -39,16 +39,19 @@ def _data_synth(a):
 
 
 def _train(a):
-    from kwskit.config import load_config
+    from kwskit.config import budget_overrides, load_config
     from kwskit.train.loop import fit
 
     if a.resume:
-        if a.config or a.set:
-            raise KwsError("--resume continues a run with its own saved config; drop --config/--set")
+        if a.config or a.set or a.budget_epochs:
+            raise KwsError("--resume continues a run with its own saved config; "
+                           "drop --config/--set/--budget-epochs")
         out = a.resume
         cfg = None
     else:
         overrides = list(a.set or [])
+        if a.budget_epochs:  # before --set, so an explicit --set still wins
+            overrides[:0] = budget_overrides(load_config(a.config), a.budget_epochs)
         if a.labels:
             overrides.append(f"data.labels={a.labels}")
         if a.device:
@@ -153,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default: runs/<model>-<time>)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
     t.add_argument("--resume", metavar="RUN", help="continue a stopped run where it left off")
+    t.add_argument("--budget-epochs", type=int, metavar="E",
+                   help="train E epochs with the recipe's lr schedule compressed into them")
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--tracking-uri", help="MLflow tracking URI (default: file store in RUN/mlruns)")
     t.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")

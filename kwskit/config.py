@@ -280,6 +280,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise
 
 
+def budget_overrides(cfg: ExperimentConfig, epochs: int | None = None,
+                     batch_size: int | None = None) -> list[str]:
+    """``--set`` lines that train ``cfg`` on a budget: the schedule compressed into ``epochs``
+    (warm-up and step lengths scaled by epochs / cfg.train.epochs, so the run still warms up,
+    decays and ends at its final learning rate) and one batch size (equal optimiser steps per
+    epoch for every recipe)."""
+    out = []
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            _fail("train.epochs", f"a budget must be a positive number of epochs, got {epochs!r}")
+        scale, s = epochs / cfg.train.epochs, cfg.schedule
+        out += [f"train.epochs={epochs}", f"schedule.warmup_epochs={s.warmup_epochs * scale:g}",
+                f"schedule.step_epochs={s.step_epochs * scale:g}"]
+    if batch_size is not None:
+        out.append(f"train.batch_size={batch_size}")
+    return out
+
+
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     from kwskit.fsutil import write_text
 

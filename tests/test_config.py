@@ -70,6 +70,25 @@ def test_lr_schedule_shapes():
     assert [lr_at(step, e) for e in (0, 9.9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
 
 
+def test_budget_compresses_the_schedule():
+    from kwskit.config import budget_overrides
+    from kwskit.train.loop import lr_at
+
+    base = ["train.epochs=200", "optim.lr=1.0", "schedule.name=cosine",
+            "schedule.warmup_epochs=10", "train.batch_size=256"]
+    recipe = load_config(None, base)
+    short = load_config(None, base + budget_overrides(recipe, 20, 100))
+    assert short.train.epochs == 20 and short.train.batch_size == 100
+    assert short.schedule.warmup_epochs == 1.0  # 10 of 200 -> 1 of 20
+    for frac in (0.02, 0.05, 0.3, 0.7, 1.0):  # the same lr curve, squeezed
+        assert abs(lr_at(short, 20 * frac) - lr_at(recipe, 200 * frac)) < 1e-9
+    step = load_config(None, ["train.epochs=135", "schedule.name=step", "schedule.step_epochs=45"])
+    assert "schedule.step_epochs=5" in budget_overrides(step, 15)
+    assert budget_overrides(recipe) == []
+    with pytest.raises(KwsError, match="train.epochs"):
+        budget_overrides(recipe, 0)
+
+
 def test_default_config_is_complete():
     assert set(ExperimentConfig().to_dict()) == {"model", "frontend", "augment", "data",
                                                   "optim", "schedule", "train"}

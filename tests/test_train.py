@@ -87,6 +87,17 @@ def test_resume_after_kill_matches_unbroken_run(tiny_data, tmp_path):
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
 
 
+def test_cli_budget_epochs_compresses_the_recipe(tiny_data, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train: {epochs: 40}\nschedule: {name: cosine, warmup_epochs: 4}\n")
+    out = tmp_path / "run"
+    assert cli(["train", "--config", str(recipe), "--data", str(tiny_data), "--out", str(out),
+                "--no-mlflow", "--budget-epochs", "1", *sum((["--set", t] for t in TINY), [])]) == 0
+    saved = load_config(out / "config.yaml")
+    assert saved.train.epochs == 1 and saved.schedule.warmup_epochs == 0.1
+    assert cli(["train", "--resume", str(out), "--budget-epochs", "2"]) == 2
+
+
 def test_resume_refuses_config_and_missing_run(tiny_data, tmp_path, capsys):
     assert cli(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "nothing to resume" in capsys.readouterr().err

@@ -137,7 +137,8 @@ def _published() -> dict:
     return {"params": 77e3, "macs": None, "acc_v1": 97.21, "acc_v2": 97.48,
             "source": "arXiv:2004.08531 Table 3 (v1: 30 classes, v2: 35 classes); "
                       "params counted with the 30-class head",
-            "note": "macs not reported in the paper"}
+            "note": "macs not reported in the paper; the accuracies could not be checked against "
+                    "the paper's table offline (only its abstract was reachable): unverified"}
 
 
 @register_model("matchboxnet_3x1x64", family="matchboxnet", paper=PAPER, input="1d",

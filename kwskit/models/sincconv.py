@@ -134,7 +134,9 @@ _SOURCE = "arXiv:1911.02086 (GSC v1, 12 classes, test set)"
                 frontend=FRONTEND,
                 published={"params": 122e3, "macs": None, "acc_v1": 96.6, "acc_v2": None,
                            "source": _SOURCE,
-                           "note": "seed reproduction: 120,732 trainable params, 94.65 %"})
+                           "note": "seed reproduction: 120,732 trainable params, 94.65 %; the paper's "
+                                   "DSConv accuracy (96.6 %) could not be checked offline: "
+                                   "unverified (its abstract gives GDSConv's 96.4 %)"})
 def sincconv_dsconv(num_classes: int = 12, in_features: int = 1, dropout: float = 0.1,
                     causal: bool = False, sample_rate: int = 16000) -> SincConvKWS:
     """SincConv + DSConv: 160 channels (120,732 params for 12 classes)."""
