@@ -10,6 +10,9 @@ learning rate. `--batch-size` gives every recipe the same number of optimiser st
 For each recipe: train (validation each epoch), profile (params, MACs, latency), then append or
 replace its row in benchmarks/results/gsc_dev.json and rewrite the table in README.md between
 the `gsc-dev-results` markers. A recipe trained for fewer epochs than it asks for says so.
+Several of these processes may run side by side (each re-reads the results file before writing).
+Latency measured while other jobs load the machine is pessimistic: `--reprofile` re-measures
+every saved run afterwards, on a quiet machine, without training.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ START, END = "<!-- gsc-dev-results:start -->", "<!-- gsc-dev-results:end -->"
 
 def train_one(recipe: str, data: str, out_root: Path, epochs: int | None, batch_size: int | None,
               extra: list[str]) -> dict:
-    from kwskit.eval.info import profile_target
     from kwskit.train.loop import fit
 
     recipe_cfg = load_config(ROOT / recipe)
@@ -49,18 +51,25 @@ def train_one(recipe: str, data: str, out_root: Path, epochs: int | None, batch_
     t0 = time.time()
     result = fit(cfg, out, data=data, track=False)
     wall = time.time() - t0
-    prof = profile_target(str(out))
     hist = result["history"]
     return {
         "recipe": recipe, "model": cfg.model.name, "val_acc": result["best"]["val_acc"],
         "best_epoch": result["best"]["epoch"], "epochs": len(hist), "recipe_epochs": asked,
         "batch_size": cfg.train.batch_size, "recipe_batch_size": recipe_cfg.train.batch_size,
-        "params": prof["params"], "macs": prof["macs"], "macs_with_frontend": prof.get("macs_with_frontend"),
-        "latency_ms": prof.get("latency_ms"), "wall_s": round(wall, 1),
+        **profile_row(out), "wall_s": round(wall, 1),
         "clips_per_s": round(sum(h["clips_per_s"] for h in hist) / len(hist), 1),
         "epoch_s": round(sum(h["seconds"] for h in hist) / len(hist), 1),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def profile_row(run: Path) -> dict:
+    """Params, MACs and batch-1 one-thread latency of a trained run."""
+    from kwskit.eval.info import profile_target
+
+    prof = profile_target(str(run))
+    return {"params": prof["params"], "macs": prof["macs"],
+            "macs_with_frontend": prof.get("macs_with_frontend"), "latency_ms": prof.get("latency_ms")}
 
 
 def paper_figures(model: str) -> str:
@@ -119,8 +128,10 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
     ap.add_argument("--table-only", action="store_true", help="re-render README table and plot from the saved results")
+    ap.add_argument("--reprofile", action="store_true",
+                    help="re-measure params/MACs/latency of the saved runs (on a quiet machine), no training")
     a = ap.parse_args()
-    if a.table_only:
+    if a.table_only or a.reprofile:
         a.recipes = []
     if a.recipes and not Path(a.data).is_dir():
         print(f"{a.data}: gsc-dev not found (pass --data)", file=sys.stderr)
@@ -134,7 +145,14 @@ def main() -> int:
         write_json(RESULTS, rows)
         update_readme(rows, Path(a.readme))  # after every row: a long run shows progress
     rows = load_rows()
-    if a.table_only:
+    if a.reprofile:
+        for r in rows:
+            run = Path(a.out) / Path(r["recipe"]).stem
+            if run.is_dir():
+                r.update(profile_row(run))
+                print(f"{r['recipe']}: latency {r['latency_ms']:.2f} ms", flush=True)
+        write_json(RESULTS, rows)
+    if a.table_only or a.reprofile:
         update_readme(rows, Path(a.readme))
     print(render_table(rows))
     runs = [str(Path(a.out) / Path(r["recipe"]).stem) for r in rows if (Path(a.out) / Path(r["recipe"]).stem).is_dir()]

@@ -98,6 +98,14 @@ def test_cli_budget_epochs_compresses_the_recipe(tiny_data, tmp_path):
     assert cli(["train", "--resume", str(out), "--budget-epochs", "2"]) == 2
 
 
+def test_label_word_missing_from_data_is_named(tiny_data, tmp_path):
+    from kwskit.errors import KwsError
+
+    with pytest.raises(KwsError, match=r"data.labels: sheila not in .*its words: .*yes"):
+        fit(tiny_cfg(1, "data.labels=[yes, sheila]"), tmp_path / "run", data=str(tiny_data), quiet=True)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_resume_refuses_config_and_missing_run(tiny_data, tmp_path, capsys):
     assert cli(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
