@@ -182,3 +182,26 @@ def test_plot_bad_matrix_leaves_nothing(tmp_path):
     with pytest.raises(KwsError, match="cm"):
         plot_confusion([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "cm.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pareto_labels_of_crowded_points_do_not_overlap():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from kwskit.eval.plots import _overlap, place_labels
+
+    fig = Figure(figsize=(5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    xs, ys = [1e6, 1.05e6, 1.1e6, 1.15e6, 5e7], [93.5, 93.6, 93.4, 93.55, 80.0]  # a tight cluster
+    ax.scatter(xs, ys)
+    ax.set_xscale("log")
+    texts = place_labels(ax, xs, ys, ["tcresnet8", "matchboxnet_3x1x64", "sincconv_gdsconv",
+                                      "bcresnet3", "res15"])
+    boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in texts]
+    assert len(boxes) == 5
+    assert all(_overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    # the naive placement (every label up-right of its point) does overlap here
+    naive = [ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+             .get_window_extent(fig.canvas.get_renderer()) for n, x, y in zip("abcd", xs, ys)]
+    assert any(_overlap(a, b) > 0 for i, a in enumerate(naive) for b in naive[i + 1:])

@@ -170,8 +170,6 @@ def plot_pareto(points: Sequence[dict], path: str | os.PathLike, title: str | No
                             (fig.add_subplot(1, 2, 2), "param_bytes", "parameter bytes (fp32)")):
         for p, c in zip(points, colors):
             ax.scatter(p[key], 100 * p["accuracy"], s=46, color=c, zorder=3)
-            ax.annotate(p["name"], (p[key], 100 * p["accuracy"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
         # the Pareto front: best accuracy for at most this cost
         front, best = [], -1.0
         for p in sorted(points, key=lambda q: q[key]):
@@ -194,4 +192,49 @@ def plot_pareto(points: Sequence[dict], path: str | os.PathLike, title: str | No
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title or "Accuracy against compute and memory")
     fig.tight_layout()
+    for ax, key in zip(fig.axes, ("macs", "param_bytes")):  # after the layout: final positions
+        place_labels(ax, [p[key] for p in points], [100 * p["accuracy"] for p in points],
+                     [p["name"] for p in points])
     _save(fig, path)
+
+
+# Label positions tried around a point, in points: right/left of it, then further up/down.
+_LABEL_OFFSETS = [(5, 4, "left"), (5, -11, "left"), (-5, 4, "right"), (-5, -11, "right"),
+                  (5, 14, "left"), (-5, 14, "right"), (5, -21, "left"), (-5, -21, "right"),
+                  (5, 24, "left"), (-5, 24, "right")]
+
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0.0) * max(h, 0.0)
+
+
+def place_labels(ax, xs: Sequence[float], ys: Sequence[float], names: Sequence[str]) -> list:
+    """Name every point without labels covering each other or the markers: each label takes
+    the first offset that overlaps nothing placed so far (else the least overlapping one).
+    Greedy, top point first; enough for the dozen-model plots kwskit draws."""
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    centres = ax.transData.transform(np.column_stack([xs, ys]))
+    taken = [Bbox.from_extents(x - 4, y - 4, x + 4, y + 4) for x, y in centres]  # markers
+    texts = []
+    for i in sorted(range(len(names)), key=lambda k: -ys[k]):
+        best = None
+        for dx, dy, ha in _LABEL_OFFSETS:
+            t = ax.annotate(names[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
+                            fontsize=8, ha=ha)
+            box = t.get_window_extent(renderer)
+            cost = sum(_overlap(box, o) for o in taken)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, t, box)
+            else:
+                t.remove()
+            if cost == 0:
+                break
+        taken.append(best[2])
+        texts.append(best[1])
+    return texts
