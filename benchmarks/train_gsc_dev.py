@@ -90,7 +90,7 @@ def render_table(rows: list[dict]) -> str:
             "epochs | batch | s/epoch | train clips/s | wall | paper: params / MACs / GSC acc |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: -r["val_acc"]):  # best first
         ep = f"{r['epochs']}" + ("" if r["epochs"] >= r["recipe_epochs"] else f" of {r['recipe_epochs']} (CPU budget)")
         bs = r.get("batch_size", "-")
         if r.get("recipe_batch_size") not in (None, bs):
