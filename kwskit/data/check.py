@@ -25,7 +25,7 @@ from tqdm import tqdm
 from kwskit import SAMPLE_RATE
 from kwskit.data.audio import audio_info
 from kwskit.data.speech_commands import (BACKGROUND, SILENCE, SPLITS, UNKNOWN, DatasetIndex,
-                                         resolve_labels, scan_dataset)
+                                         keyword_labels, resolve_labels, scan_dataset)
 from kwskit.errors import AudioError
 
 # Below this many files a pool costs more to start than it saves.
@@ -191,7 +191,7 @@ def _summarise(index: DatasetIndex, rep: CheckReport) -> None:
 
 def _check_labels(index, rep, labels, err, warn) -> None:
     words = rep.clips_per_word
-    keywords = [w for w in labels if w not in (SILENCE, UNKNOWN)]
+    keywords = keyword_labels(labels)
     for w in keywords:
         if w not in words:
             err("missing_label_word", os.path.join(index.root, w), f"label {w!r} has no clips")

@@ -126,6 +126,11 @@ def normalize_split(name: str) -> str:
     return _SPLIT_ALIASES[key]
 
 
+def keyword_labels(labels) -> list[str]:
+    """The labels that are words, without the _silence_ / _unknown_ classes."""
+    return [w for w in labels if w not in (SILENCE, UNKNOWN)]
+
+
 def resolve_labels(name_or_list) -> list[str]:
     """A label-set name (``gsc12``, ``mini10``, ``gsc35``) or an explicit word list -> labels.
 
@@ -368,7 +373,7 @@ def build_examples(index: DatasetIndex, labels, split: str, *, silence_share: fl
             direct += [Example(c.path, lab[UNKNOWN], 0, "unknown") for c in candidates]
         return direct
 
-    keywords = [w for w in labels if w not in (SILENCE, UNKNOWN)]
+    keywords = keyword_labels(labels)
     n_kw = sum(1 for e in direct if e.source == "clip")
     mean_count = n_kw / len(keywords) if keywords else 0.0
     split_code = SPLITS.index(split)

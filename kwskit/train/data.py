@@ -26,16 +26,17 @@ class TrainData:
     def __init__(self, cfg: ExperimentConfig, data: str | None = None, rank: int = 0, world: int = 1,
                  quiet: bool = False):
         from kwskit.data.augment import AugmentConfig, WaveAugment
-        from kwskit.data.speech_commands import SILENCE, UNKNOWN, resolve_labels, scan_dataset
+        from kwskit.data.speech_commands import keyword_labels, resolve_labels, scan_dataset
 
         d = cfg.data
         self.root = resolve_data_root(cfg, data, quiet)
         self.labels = resolve_labels(d.labels)
         index = scan_dataset(self.root)
-        missing = [w for w in self.labels if w not in (SILENCE, UNKNOWN) and w not in index.words()]
+        words = index.words()
+        missing = [w for w in keyword_labels(self.labels) if w not in words]
         if missing and index.layout == "speech_commands":
             raise KwsError(f"data.labels: {', '.join(missing)} not in {self.root} (its words: "
-                           f"{', '.join(index.words())}); pass --data or --labels")
+                           f"{', '.join(words)}); pass --data or --labels")
         common = dict(silence_share=d.silence_share, unknown_share=d.unknown_share, seed=cfg.train.seed,
                       sample_rate=d.sample_rate, clip_samples=d.clip_samples, cache_dir=d.cache_dir)
         self.train = prepare_split(index, self.labels, "training", **common)
