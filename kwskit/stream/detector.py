@@ -24,9 +24,10 @@ from typing import Sequence
 
 import numpy as np
 
+from kwskit.data.speech_commands import SILENCE, UNKNOWN
 from kwskit.errors import KwsError
 
-DEFAULT_IGNORE = ("_silence_", "_unknown_")
+DEFAULT_IGNORE = (SILENCE, UNKNOWN)
 _EPS = 1e-9  # seconds: frame times are sums of float steps; window edges must not flicker
 
 

@@ -41,8 +41,9 @@ from typing import Sequence
 import numpy as np
 
 from kwskit import SAMPLE_RATE
+from kwskit.data.speech_commands import keyword_labels
 from kwskit.errors import KwsError
-from kwskit.stream.detector import DEFAULT_IGNORE, Detection, Detector
+from kwskit.stream.detector import Detection, Detector
 
 TOLERANCE_S = 1.0  # a keyword may be detected up to 1 s after it ends
 GAP_S = (0.5, 2.5)  # noise-only pause between words [s]
@@ -168,7 +169,7 @@ def build_test_stream(data: str | os.PathLike, labels: Sequence[str], split: str
     index = scan_dataset(data)
     name = normalize_split(split)
     clips = index.split(name)
-    keywords = [w for w in labels if w not in DEFAULT_IGNORE]
+    keywords = keyword_labels(labels)
     by_kw = {w: sorted(c.path for c in clips if c.word == w) for w in keywords}
     by_kw = {w: v for w, v in by_kw.items() if v}
     others = sorted(c.path for c in clips if c.word not in labels and c.word != "_silence_")
@@ -362,7 +363,7 @@ def sweep(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
     is computed once (it does not depend on the threshold).
     """
     thr = default_thresholds() if thresholds is None else np.asarray(thresholds, np.float64)
-    keywords = [w for w in labels if w not in DEFAULT_IGNORE]
+    keywords = keyword_labels(labels)
     smoothed = Detector(labels, smoothing_s=smoothing_s).smooth(
         np.asarray(scores, np.float64), np.asarray(times, np.float64))
     curves = {k: {"frr": [], "fa_per_hour": [], "false_alarms": [], "misses": []}
@@ -452,7 +453,7 @@ def evaluate_stream(run: str | os.PathLike, data: str | os.PathLike | None = Non
                        "(or --stream FILE --labels-file FILE)")
     pipeline, cfg, labels = load_model(run, which)
     streamer = Streamer(pipeline, window_s=window_s)
-    keywords = [w for w in labels if w not in DEFAULT_IGNORE]
+    keywords = keyword_labels(labels)
     if not keywords:
         raise KwsError(f"{run}: the model has no keyword labels (only {', '.join(labels)})")
     run_path = Path(run)
