@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   build the venv, install kwskit, run the main job on the built-in data
+#               (ARGS="--set train.threads=1" passes options to it)
 #   make test   same venv plus test dependencies, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,13 +14,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,tracking]'
 	touch $@
 
 venv: $(BIN)/.installed
 
 demo: venv
-	$(BIN)/python -m kwskit.demo
+	$(BIN)/python -m kwskit.demo $(ARGS)
 
 test: venv
 	$(BIN)/python -m pytest -q tests

@@ -14,7 +14,7 @@ from kwskit.errors import KwsError
 def _data_check(a):
     from kwskit.data.check import check_dataset, print_report
 
-    report = check_dataset(a.dir, sample_rate=a.sample_rate, labels=a.labels)
+    report = check_dataset(a.dir, sample_rate=a.sample_rate, labels=a.labels, min_length=a.min_length)
     print_report(report, limit=a.limit)
     return 1 if report.errors else 0
 
@@ -104,7 +104,7 @@ def _plot(a):
     from kwskit.eval.pareto import pareto
 
     for p in pareto(a.runs, a.out):
-        print(f"{p['name']:28s} acc {100 * p['accuracy']:6.2f}%  MACs {p['macs'] / 1e6:8.2f} M  "
+        print(f"{p['name']:28s} val acc {100 * p['accuracy']:6.2f}%  MACs {p['macs'] / 1e6:8.2f} M  "
               f"params {p['param_bytes'] / 4:10,.0f}")
     print(f"plot: {a.out}")
     return 0
@@ -127,25 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     c = dsub.add_parser("check", help="list every problem in a Speech Commands style data set")
-    c.add_argument("dir")
+    c.add_argument("dir", help="data set folder (Speech Commands layout)")
     c.add_argument("--labels", default=None, help="label set to check word coverage for (e.g. mini10)")
-    c.add_argument("--sample-rate", type=int, default=16000)
+    c.add_argument("--sample-rate", type=int, default=16000, help="rate kwskit works at (Hz)")
     c.add_argument("--limit", type=int, default=20, help="problems shown per kind (0 = all)")
+    c.add_argument("--min-length", type=float, default=None, metavar="FRACTION",
+                   help="clips shorter than this fraction of the 1-s clip are errors; 0 = off (default: 0.1)")
     c.set_defaults(func=_data_check)
 
     d = dsub.add_parser("download", help="fetch and extract the official Speech Commands archives")
-    d.add_argument("out")
-    d.add_argument("--version", choices=["v1", "v2"], default="v2")
+    d.add_argument("out", help="folder to download and extract into")
+    d.add_argument("--version", choices=["v1", "v2"], default="v2", help="Speech Commands version")
     d.add_argument("--url", default=None, help="train archive URL (default: the official one)")
     d.add_argument("--test-url", default=None, help="test archive URL ('none' to skip)")
     d.add_argument("--keep-archives", action="store_true", help="keep the .tar.gz files after extracting")
     d.set_defaults(func=_data_download)
 
     s = dsub.add_parser("synth", help="synthesize a spoken-word data set with eSpeak NG")
-    s.add_argument("out")
+    s.add_argument("out", help="folder to write the data set into")
     s.add_argument("--words", default=None, help="comma-separated words (default: mini10 words + unknowns)")
-    s.add_argument("--per-word", type=int, default=None, help="clips per word")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--per-word", type=int, default=None, help="clips per word (default: 300)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     s.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     s.set_defaults(func=_data_synth)
 
@@ -159,23 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--budget-epochs", type=int, metavar="E",
                    help="train E epochs with the recipe's lr schedule compressed into them")
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: file store in RUN/mlruns)")
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: a local store in the run)")
     t.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="evaluate a trained model on a data set")
     e.add_argument("run", help="run directory or checkpoint")
     e.add_argument("--data", required=True, help="data set folder (train layout or official test archive)")
-    e.add_argument("--split", default="test", choices=["test", "validation", "train", "all"])
-    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--split", default="test", choices=["test", "validation", "train", "all"],
+                   help="split of a training-layout data set")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     e.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     e.set_defaults(func=_eval)
 
     i = sub.add_parser("info", help="params, MACs, size and CPU latency of a model or run")
     i.add_argument("target", help="registered model name, run directory or checkpoint")
-    i.add_argument("--num-classes", type=int, default=12)
+    i.add_argument("--num-classes", type=int, default=12, help="classes, for a model name")
     i.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i.set_defaults(func=_info)
 
     from kwskit.stream.cli import add_parsers as add_stream_parsers
@@ -186,13 +189,52 @@ def build_parser() -> argparse.ArgumentParser:
     psub = pl.add_subparsers(dest="plot_command", required=True, metavar="KIND")
     pp = psub.add_parser("pareto", help="accuracy against MACs and parameter bytes (Metric-FLOPs / Metric-Memory)")
     pp.add_argument("runs", nargs="+", help="run directories")
-    pp.add_argument("--out", default="pareto.png", help="PNG to write (default pareto.png)")
+    pp.add_argument("--out", default="pareto.png", help="PNG to write")
     pp.set_defaults(func=_plot)
 
     m = sub.add_parser("models", help="list the registered models")
     m.set_defaults(func=_models)
 
+    _finish_help(p)
     return p
+
+
+# One example per command, shown at the end of its --help.
+EXAMPLES = {
+    "data check": "kwskit data check data/gsc --labels mini10",
+    "data download": "kwskit data download data/gsc --version v2",
+    "data synth": "kwskit data synth data/my --words hey,robot,stop --per-word 500",
+    "train": "kwskit train --config configs/bcresnet1.yaml --data data/gsc --labels mini10",
+    "eval": "kwskit eval runs/bcresnet1-20261203 --data data/gsc/test",
+    "info": "kwskit info bcresnet1",
+    "stream": "kwskit stream runs/bcresnet1-20261203 meeting.wav --plot meeting.png",
+    "eval-stream": "kwskit eval-stream runs/bcresnet1-20261203 --minutes 30",
+    "plot pareto": "kwskit plot pareto runs/* --out pareto.png",
+    "models": "kwskit models",
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (when it has a meaningful one) and keeps the example's
+    line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or not action.option_strings
+                or any(action.default is v for v in (None, False, argparse.SUPPRESS))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _finish_help(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give every (sub-)parser the formatter and its example, recursively."""
+    parser.formatter_class = HelpFormatter
+    if path in EXAMPLES:
+        parser.epilog = f"example:\n  {EXAMPLES[path]}"
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                _finish_help(child, f"{path} {name}".strip())
 
 
 def main(argv: list[str] | None = None) -> int:

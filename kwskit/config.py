@@ -36,6 +36,7 @@ class DataConfig:
     unknown_share: float = 1.0  # the same for _unknown_
     sample_rate: int = 16000
     clip_samples: int = 16000
+    min_clip_fraction: float = 0.1  # clips shorter than this x clip_samples are skipped
     cache_dir: str | None = None  # None: $KWSKIT_HOME/cache
     num_workers: int = 0
 
@@ -67,7 +68,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision where there is a GPU (ignored on CPU)
-    threads: int = 0  # torch CPU threads, 0 = all cores
+    threads: int = 0  # torch CPU threads, 0 = automatic (kwskit.threads.choose_threads)
     eval_batch_size: int = 256
 
 
@@ -183,6 +184,7 @@ def _check_values(cfg: ExperimentConfig) -> None:
         ("data.silence_share", cfg.data.silence_share >= 0, "must be >= 0"),
         ("data.unknown_share", cfg.data.unknown_share >= 0, "must be >= 0"),
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
+        ("data.min_clip_fraction", 0.0 <= cfg.data.min_clip_fraction < 1.0, "must be in [0, 1)"),
     ]
     for key, ok, msg in checks:
         if not ok:
@@ -245,18 +247,24 @@ def parse_yaml(text: str):
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    not_text = KwsError(f"{path}: not a text (YAML) config file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise KwsError(f"{path}: config file not found") from None
+    except UnicodeDecodeError:  # e.g. `--config clip.wav`
+        raise not_text from None
     except OSError as exc:
         raise KwsError(f"{path}: cannot read config ({exc.strerror})") from None
     try:
         data = parse_yaml(text)
+    except yaml.reader.ReaderError:  # control characters (NUL...): binary data that decoded
+        raise not_text from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise KwsError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise KwsError(f"{path}:{where} invalid YAML ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -69,6 +69,8 @@ def tiny_data(tmp_path_factory):
 def _isolated_home(tmp_path_factory, monkeypatch):
     # Caches and the built-in data set go to a per-session temp folder, never the user's home.
     monkeypatch.setenv("KWSKIT_HOME", str(tmp_path_factory.getbasetemp() / "kwskit-home"))
+    # Training picks one thread without sampling the machine's load: fast and deterministic.
+    monkeypatch.setenv("KWSKIT_THREADS", "1")
 
 
 @pytest.fixture

@@ -37,6 +37,8 @@ def test_yaml_file_and_roundtrip(tmp_path):
     (["bogus.key=1"], "bogus: unknown key"),
     (["train.label_smoothing=1.5"], "train.label_smoothing"),
     (["noequals"], "expected key=value"),
+    (["data.min_clip_fraction=1"], "data.min_clip_fraction: must be in [0, 1)"),
+    (["data.min_clip_fraction=-0.1"], "data.min_clip_fraction: must be in [0, 1)"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(KwsError) as err:
@@ -92,3 +94,35 @@ def test_budget_compresses_the_schedule():
 def test_default_config_is_complete():
     assert set(ExperimentConfig().to_dict()) == {"model", "frontend", "augment", "data",
                                                   "optim", "schedule", "train"}
+
+
+@pytest.mark.parametrize("name, payload", [
+    ("clip.wav", None),  # a real WAV: invalid UTF-8
+    ("random.bin", bytes(range(128, 256)) * 4),  # invalid UTF-8
+    ("zeros.yaml", b"train:\x00\x00\x00 1\n"),  # decodes, but NUL is not YAML text
+])
+def test_binary_config_file_is_one_clear_error(tmp_path, capsys, name, payload):
+    from kwskit.cli import main
+    from kwskit.data.audio import write_audio
+
+    f = tmp_path / name
+    if payload is None:
+        import numpy as np
+
+        write_audio(f, np.random.default_rng(0).uniform(-0.5, 0.5, 1600).astype(np.float32))
+    else:
+        f.write_bytes(payload)
+    with pytest.raises(KwsError) as err:
+        load_config(f)
+    msg = str(err.value)
+    assert msg == f"{f}: not a text (YAML) config file"
+    assert main(["train", "--config", str(f), "--no-mlflow", "--out", str(tmp_path / "run")]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr == f"kwskit: error: {msg}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_min_clip_fraction_default_matches_the_data_code():
+    from kwskit.data.speech_commands import MIN_CLIP_FRACTION
+
+    assert ExperimentConfig().data.min_clip_fraction == MIN_CLIP_FRACTION == 0.1

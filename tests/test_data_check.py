@@ -89,6 +89,14 @@ def _short(root):
     return "bed/0000000f_nohash_0.wav"
 
 
+def _truncated(root):
+    # cut after the header and 128 samples: the header still claims 1 s, libsndfile reads 128
+    p = root / "yes" / "00000011_nohash_0.wav"
+    _clip(p, seed=47)
+    p.write_bytes(p.read_bytes()[:44 + 2 * 128])
+    return "yes/00000011_nohash_0.wav"
+
+
 def _long(root):
     _clip(root / "bed" / "00000010_nohash_0.flac", n=SR + SR // 2, seed=45)
     return "bed/00000010_nohash_0.flac"
@@ -139,7 +147,8 @@ def _bad_background(root):
     (_empty, "empty_audio", "errors"),
     (_rate, "sample_rate", "warnings"),
     (_stereo, "channels", "warnings"),
-    (_short, "length", "warnings"),
+    (_short, "length", "warnings"),  # 50%: padded on load
+    (_truncated, "too_short", "errors"),
     (_long, "length", "warnings"),
     (_dup_same_split, "duplicate", "warnings"),
     (_dup_across, "duplicate_across_splits", "errors"),
@@ -230,3 +239,22 @@ def test_nested_folder_is_named_not_flagged(clean, capsys):
     assert rep.errors == [] and rep.warnings == [] and rep.nested == ["test"]
     print_report(rep)
     assert "check them separately): test/" in capsys.readouterr().out
+
+
+def test_too_short_clip_is_an_error_with_a_threshold(clean, capsys):
+    rel = _truncated(clean)
+    _short(clean)
+    rep = check_dataset(clean)
+    assert [(p.kind, p.path) for p in rep.errors] == [("too_short", str(clean / rel))]
+    assert "0.008 s" in rep.errors[0].detail and "0.1 s" in rep.errors[0].detail
+    assert [p.kind for p in rep.warnings] == ["length"]  # the 50% clip
+    assert main(["data", "check", str(clean)]) == 1
+    out = capsys.readouterr().out
+    assert "too_short (1)" in out and rel in out and "FAILED: 1 errors, 1 warnings" in out
+    # --min-length moves the line: 0 turns the rule off, 0.6 catches the 50% clip too
+    assert main(["data", "check", str(clean), "--min-length", "0"]) == 0
+    rep = check_dataset(clean, min_length=0.6)
+    assert len(rep.errors) == 2 and rep.warnings == []
+    assert main(["data", "check", str(clean), "--min-length", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--min-length" in err and "Traceback" not in err

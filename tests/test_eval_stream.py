@@ -159,8 +159,9 @@ def test_labels_file_round_trip_and_errors(tmp_path):
         read_labels_file(tmp_path / "missing.csv")
 
 
-def make_run(tmp_path, name="dscnn_s"):
+def make_run(tmp_path, name="dscnn_s", data=None):
     cfg = ExperimentConfig(model=ModelConfig(name), frontend=model_info(name)["frontend"])
+    cfg.data.root = str(data) if data else None  # what training records
     torch.manual_seed(0)
     p = build_pipeline(cfg, len(LABELS)).eval()
     run = tmp_path / "run"
@@ -215,8 +216,16 @@ def test_eval_stream_command_end_to_end(tiny_data, tmp_path, capsys):
                   "--labels-file", str(out / "stream_labels.tsv"), "--out", str(out2)])
     with pytest.raises(KwsError, match="go together"):
         eval_cli(["eval-stream", str(run), "--stream", str(out / "stream.flac")])
-    with pytest.raises(KwsError, match="--data"):
+    with pytest.raises(KwsError, match="--data"):  # the run records no data set
         eval_cli(["eval-stream", str(run)])
+
+
+def test_eval_stream_falls_back_to_the_runs_data(tiny_data, tmp_path, capsys):
+    run = make_run(tmp_path, data=tiny_data)
+    assert eval_cli(["eval-stream", str(run), "--minutes", "0.2", "--split", "test",
+                     "--out", str(tmp_path / "es")]) == 0
+    assert f"data: {tiny_data}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "es" / "det.json").read_text())["duration_s"] == pytest.approx(12.0)
 
 
 def test_kwskit_main_runs_the_commands_once_wired(tmp_path, capsys):

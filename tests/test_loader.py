@@ -80,3 +80,38 @@ def test_dataset_augmentation_depends_on_seed_epoch_and_index_only(tiny_data, tm
     x3, y3 = ds[5]
     assert y1 == y3 and np.array_equal(x1.numpy(), x3.numpy())
     assert not np.array_equal(x1.numpy(), x2.numpy())
+
+
+def test_too_short_clips_are_skipped_with_one_warning(tmp_path, capsys, monkeypatch):
+    from conftest import _speaker, build_tiny_dataset
+
+    from kwskit.config import load_config
+    from kwskit.train.data import TrainData
+
+    root = build_tiny_dataset(tmp_path / "d", speakers=6, takes=1)
+    cut = root / "yes" / f"{_speaker(4)}_nohash_0.wav"  # speaker 4: training
+    cut.write_bytes(cut.read_bytes()[:44 + 2 * 128])  # a valid header, then 128 samples
+    half = root / "no" / f"{_speaker(5)}_nohash_0.wav"
+    sf.write(half, sf.read(half, dtype="float32")[0][:8000], 16000, subtype="PCM_16")
+
+    data = TrainData(load_config(None, ["data.labels=[yes, no]"]), data=str(root))
+    paths = [ex.path for ex in data.train.examples]
+    assert str(cut) not in paths and str(half) in paths  # 50% is padded, not skipped
+    assert len(data.train.waves) == len(paths)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "skipping 1 training clip" in err[0] and f"yes/{cut.name}" in err[0]
+
+    # a warm start remembers the lengths (by path, size, mtime) and reads no headers
+    def no_headers(path):
+        raise AssertionError(f"header read on a warm start: {path}")
+
+    with monkeypatch.context() as m:  # not monkeypatch.undo(): that would drop KWSKIT_HOME too
+        m.setattr(loader, "audio_info", no_headers)
+        again = prepare_split(scan_dataset(root), resolve_labels("yes,no"), "training")
+    assert [ex.path for ex in again.examples] == paths
+    assert f"yes/{cut.name}" in capsys.readouterr().err
+    # the rule can be switched off
+    kept = prepare_split(scan_dataset(root), resolve_labels("yes,no"), "training", cache_dir=tmp_path / "c",
+                         min_clip_fraction=0.0)
+    assert str(cut) in [ex.path for ex in kept.examples]

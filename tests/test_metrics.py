@@ -205,3 +205,34 @@ def test_pareto_labels_of_crowded_points_do_not_overlap():
     naive = [ax.annotate(n, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
              .get_window_extent(fig.canvas.get_renderer()) for n, x, y in zip("abcd", xs, ys)]
     assert any(_overlap(a, b) > 0 for i, a in enumerate(naive) for b in naive[i + 1:])
+
+
+def test_pareto_plot_says_which_accuracy_and_stops_at_100(tmp_path):
+    from kwskit.eval.plots import plot_pareto
+
+    one = [{"name": "a", "accuracy": 0.995, "macs": 2e6, "param_bytes": 4e4}]
+    fig = plot_pareto(one, tmp_path / "one.png", metric="best validation accuracy")
+    for ax in fig.axes:
+        assert ax.get_ylabel() == "best validation accuracy (%)"
+        assert ax.get_ylim()[1] <= 100.0
+        assert ax.get_legend() is None and not ax.get_lines()  # one run: no "front"
+    two = one + [{"name": "b", "accuracy": 0.90, "macs": 1e6, "param_bytes": 2e4}]
+    fig = plot_pareto(two, tmp_path / "two.png")
+    assert all(ax.get_legend() is not None and len(ax.get_lines()) == 1 for ax in fig.axes)
+
+
+def test_det_plot_shows_a_keyword_with_no_misses(tmp_path):
+    from kwskit.stream.plots import plot_det
+
+    thr = [0.1, 0.5, 0.9]
+    curve = lambda fa, frr: {"fa_per_hour": fa, "frr": frr}  # noqa: E731
+    result = {"curves": {"yes": curve([4.0, 1.0, 0.0], [0.0, 0.0, 0.0]),
+                         "no": curve([3.0, 1.0, 0.0], [0.1, 0.3, 0.6]),
+                         "overall": curve([7.0, 2.0, 0.0], [0.05, 0.15, 0.3])},
+              "occurrences": {"yes": 10, "no": 10, "overall": 20}, "duration_s": 3600.0,
+              "thresholds": thr}
+    ax = plot_det(result, tmp_path / "det.png").axes[0]
+    yes = [ln for ln in ax.get_lines() if ln.get_label().startswith("yes")][0]
+    assert max(yes.get_ydata()) == 0.0
+    assert ax.get_ylim()[0] < 0.0  # the 0% line lies above the x axis, not on it
+    assert (tmp_path / "det.png").stat().st_size > 5000

@@ -287,6 +287,72 @@ def test_reset_empty_and_bad_input():
         Streamer(p, sample_rate=8000)
 
 
+# ----------------------------------------------------------------------------- end of a file
+@pytest.mark.parametrize("make", [lambda: randomize(recipe_pipeline("bcresnet1")),
+                                  lambda: randomize(recipe_pipeline("dscnn_s")), toy_wave],
+                         ids=["bcresnet1", "dscnn_s", "wave"])
+def test_flush_scores_a_file_to_its_end(make):
+    """flush() emits every frame up to the last sample, as the signal plus zeros would."""
+    p = make().eval()
+    signal = make_signal(1.0, seed=13)
+    s = Streamer(p)
+    stream_run(s, signal, chunk_sizes(len(signal), seed=14))
+    before = s.frames_out
+    pad = s.flush_samples()
+    assert 0 < pad <= s.delay_s * SR + 1
+    tail = s.flush()
+    n = s.frames_out
+    times = s.frame_times()
+    assert n == before + tail.shape[0] and s.samples_in == len(signal)
+    # the last frame lies within one frame step of the end, none past it
+    assert 1.0 - s.frame_step_s < times[-1] <= 1.0
+    ref = logits_whole(p, np.concatenate([signal, np.zeros(pad, np.float32)]))
+    np.testing.assert_allclose(s.last_logits, ref[before:n], atol=1e-5, rtol=0)
+    with pytest.raises(KwsError, match="reset"):
+        s.step(signal[:10])
+    s.reset()
+    assert s.step(signal).shape[0] == before  # a new stream after reset
+
+
+def energy_detector() -> KwsPipeline:
+    """Class 0 ('yes') wins when a frame is loud: log-mel energy through a 'same' conv whose
+    only weight is its centre tap, so each frame sees only itself but the model still
+    declares 0.3 s of look-ahead (like the non-causal convolutions of BC-ResNet)."""
+    conv = StreamConv1d(20, 1, 61, padding="same")
+    with torch.no_grad():
+        conv.conv.weight.zero_()
+        conv.conv.weight[0, :, 30] = 1.0 / 20
+        conv.conv.bias.fill_(0.0)
+    head = nn.Linear(1, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        head.bias.copy_(torch.tensor([4.0, -4.0]))  # loud (mean log-mel > -4) -> 'yes'
+    fe = build_frontend({"type": "logmel", "n_mels": 20, "win_length": 400, "hop_length": 160,
+                         "out_shape": "1d"})
+    body = StreamSequential(OrderedDict(c=conv))
+    return KwsPipeline(fe, Toy(body, head, in_features=20, input_kind="1d", pool="max"),
+                       "1d").eval()
+
+
+def test_a_one_word_file_finds_its_word(tmp_path):
+    """A 1-s file whose 'word' sits in its last 0.25 s: without the flush at the end of the
+    file the frames that see it are never computed (the model waits 0.31 s for look-ahead)."""
+    from kwskit.stream.detector import Detector
+
+    rng = np.random.default_rng(15)
+    clip = (0.002 * rng.standard_normal(SR)).astype(np.float32)
+    clip[int(0.72 * SR) : int(0.95 * SR)] *= 200.0
+    sf.write(str(tmp_path / "word.wav"), clip, SR)
+    p = energy_detector()
+    streamer = Streamer(p)
+    assert streamer.delay_s > 0.3
+    det = Detector(["yes", "_silence_"], threshold=0.5, refractory_s=1.0)
+    res = stream_file(streamer, tmp_path / "word.wav", det, keep_scores=True, progress=False)
+    assert [d.keyword for d in res.detections] == ["yes"]
+    assert 0.65 < res.detections[0].start < 0.85
+    assert res.duration_s == pytest.approx(1.0) and res.times[-1] > 0.98
+
+
 # ----------------------------------------------------------------------------- long audio
 def _write_long(path, seconds: float, rate: int, channels: int, seed: int = 0,
                 block_s: float = 10.0) -> None:
@@ -361,6 +427,8 @@ def test_stream_command_errors(tmp_path, monkeypatch):
     run = make_run(tmp_path)
     with pytest.raises(KwsError, match="no such audio file"):
         stream_cli(["stream", str(run), str(tmp_path / "none.wav")])
+    with pytest.raises(KwsError, match="is a directory; give audio files"):
+        stream_cli(["stream", str(run), str(tmp_path)])
     with pytest.raises(KwsError, match="--threshold"):
         stream_cli(["stream", str(run), "--mic", "--threshold", "maybe"])
     with pytest.raises(KwsError, match="unknown keyword"):

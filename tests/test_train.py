@@ -33,7 +33,7 @@ def test_train_beats_chance_and_writes_run(tiny_data, tmp_path):
     assert labels == ["yes", "no", "up", "down", "_silence_", "_unknown_"]
     for name in ("config.yaml", "labels.json", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt"):
         assert (out / name).is_file(), name
-    assert (out / "mlruns").is_dir()
+    assert (out / "mlflow.db").is_file() and not (out / "mlruns").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 8
     # six classes: chance is 1/6
@@ -121,6 +121,33 @@ def test_existing_run_is_not_overwritten(tiny_data, tmp_path, capsys):
     assert (out / "checkpoints/last.pt").read_bytes() == before
 
 
+def test_out_folder_with_other_files_is_refused(tiny_data, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    argv = ["train", "--data", str(tiny_data), "--no-mlflow", "--set", "train.epochs=1"]
+    assert cli([*argv, "--out", str(mine)]) == 2
+    assert "not a kwskit run" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    assert cli([*argv, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    fit(tiny_cfg(1), tmp_path / "empty", data=str(tiny_data), quiet=True, track=False)
+    assert (tmp_path / "empty" / "checkpoints" / "best.pt").exists()
+
+
+def test_truncated_checkpoint_says_what_to_do(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    fit(tiny_cfg(1), out, data=str(tiny_data), quiet=True, track=False)
+    last = out / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:3000])
+    assert cli(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "damaged or truncated" in err
+    assert err.endswith("evaluate its best.pt (--checkpoint best) or train it again")
+
+
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     out = tmp_path / "ddp"
     overrides = [x for o in [*TINY, "train.epochs=2"] for x in ("--set", o)]
@@ -133,7 +160,10 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     state = read_checkpoint(out / "checkpoints/last.pt")
     assert state["epoch"] == 2
     # only rank 0 writes: one MLflow run, one history of 2 epochs with the full clip count
-    runs = [p for p in (out / "mlruns").rglob("meta.yaml") if p.parent.parent.name != "mlruns"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("kwskit").experiment_id])
     assert len(runs) == 1
     hist = json.loads((out / "metrics.json").read_text())["history"]
     assert len(hist) == 2

@@ -1,10 +1,11 @@
 """``kwskit data check DIR``: list every problem in a Speech Commands style data set.
 
-Errors are things that make results wrong or runs fail: unreadable or empty files, the same
-audio or the same speaker in two splits (leakage), list entries naming missing files, label
-words without clips. Warnings are things kwskit copes with but you should know about: other
-sample rates, several channels or lengths other than 1 s (resampled / downmixed / padded or
-cropped on load), duplicates within one split, empty word folders.
+Errors are things that make results wrong or runs fail: unreadable or empty files, clips far
+shorter than 1 s (cut off; training skips them), the same audio or the same speaker in two
+splits (leakage), list entries naming missing files, label words without clips. Warnings are
+things kwskit copes with but you should know about: other sample rates, several channels or
+lengths other than 1 s (resampled / downmixed / padded or cropped on load), duplicates within
+one split, empty word folders.
 
 Headers are read with ``audio_info``; duplicates are found by hashing the decoded samples, so
 a WAV and a FLAC of the same audio match. Files are probed in a process pool.
@@ -24,9 +25,9 @@ from tqdm import tqdm
 
 from kwskit import SAMPLE_RATE
 from kwskit.data.audio import audio_info
-from kwskit.data.speech_commands import (BACKGROUND, SILENCE, SPLITS, UNKNOWN, DatasetIndex,
-                                         keyword_labels, resolve_labels, scan_dataset)
-from kwskit.errors import AudioError
+from kwskit.data.speech_commands import (BACKGROUND, MIN_CLIP_FRACTION, SILENCE, SPLITS, UNKNOWN,
+                                         DatasetIndex, keyword_labels, resolve_labels, scan_dataset)
+from kwskit.errors import AudioError, KwsError
 
 # Below this many files a pool costs more to start than it saves.
 _POOL_MIN_FILES = 400
@@ -97,14 +98,18 @@ def _probe_all(paths: list[str], workers: int | None) -> list[_Probe]:
         return list(tqdm(pool.map(_probe, paths, chunksize=chunk), **bar))
 
 
-def check_dataset(root, sample_rate: int = SAMPLE_RATE, labels=None,
-                  workers: int | None = None) -> CheckReport:
+def check_dataset(root, sample_rate: int = SAMPLE_RATE, labels=None, workers: int | None = None,
+                  min_length: float | None = None) -> CheckReport:
     """Check every file under ``root``; ``labels`` (name or list) adds word-coverage checks.
 
-    ``sample_rate`` is the rate kwskit works at (Hz); clips are expected to last 1 s.
-    Raises KwsError only when ``root`` is not a data set at all (or ``labels`` is invalid).
+    ``sample_rate`` is the rate kwskit works at (Hz); clips are expected to last 1 s, and
+    clips shorter than ``min_length`` of that (default ``MIN_CLIP_FRACTION``) are errors.
+    Raises KwsError only when ``root`` is not a data set at all (or an argument is invalid).
     """
     t0 = time.perf_counter()
+    min_length = MIN_CLIP_FRACTION if min_length is None else min_length
+    if not 0.0 <= min_length < 1.0:
+        raise KwsError(f"--min-length: must be a fraction of the clip in [0, 1), got {min_length:g}")
     label_list = resolve_labels(labels) if labels is not None else None
     index = scan_dataset(root)
     rep = CheckReport(index.root, index.layout, index.has_lists)
@@ -131,8 +136,11 @@ def check_dataset(root, sample_rate: int = SAMPLE_RATE, labels=None,
         if pr.channels != 1:
             warn("channels", path, f"{pr.channels} channels (averaged to mono on load)")
         if i < n_clips:
-            if pr.frames != pr.sample_rate:
-                secs = pr.frames / pr.sample_rate
+            secs = pr.frames / pr.sample_rate
+            if secs < min_length:  # of a 1 s clip
+                err("too_short", path, f"{secs:.3f} s, under {min_length:g} s (--min-length); "
+                                       "training skips it")
+            elif pr.frames != pr.sample_rate:
                 fix = "padded" if secs < 1 else "centre-cropped"
                 warn("length", path, f"{secs:.3f} s ({fix} to 1 s on load)")
             by_digest[pr.digest].append(i)

@@ -4,8 +4,11 @@ The cache holds each split as one int16 array of fixed-length clips (N, clip_sam
 as a ``.npy`` and memory-mapped, so DataLoader workers share it without copying. It is keyed by
 the *content* of every audio file and the decode parameters: change a file, the label set, the
 sample rate or the clip length and a new cache is built; nothing needs to be cleared by hand.
-Content hashes are remembered per file by (path, size, mtime), like git's index, so a warm start
-reads no audio at all.
+Content hashes and clip lengths are remembered per file by (path, size, mtime), like git's index,
+so a warm start reads no audio at all.
+
+Clips shorter than ``min_clip_fraction`` of the clip length (cut off after the header, say) are
+skipped with one warning line per split: padded with zeros they would train as silence.
 
 int16 is the source format of Speech Commands (16-bit PCM), so storing it loses nothing for
 16 kHz material and halves memory against float32.
@@ -13,9 +16,11 @@ int16 is the source format of Speech Commands (16-bit PCM), so storing it loses 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +30,9 @@ import torch
 from tqdm import tqdm
 
 from kwskit import CLIP_SAMPLES, SAMPLE_RATE
-from kwskit.data.audio import fix_length, load_audio
+from kwskit.data.audio import audio_info, fix_length, load_audio
+from kwskit.data.speech_commands import MIN_CLIP_FRACTION
+from kwskit.errors import AudioError
 from kwskit.fsutil import atomic_path, write_json
 
 CACHE_VERSION = 1  # bump when the cached representation changes
@@ -42,30 +49,31 @@ def default_cache_dir() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# content hashes, remembered by file stat
+# facts about files (content hash, length), remembered by file stat
 
 
-class _HashIndex:
-    """path -> (size, mtime_ns, blake2b of the bytes); saved as JSON in the cache folder."""
+class _StatMemo:
+    """path -> (size, mtime_ns, compute(path)); saved as JSON in the cache folder."""
 
-    def __init__(self, cache_dir: Path):
-        self.path = cache_dir / "file-hashes.json"
+    def __init__(self, path: Path, compute):
+        self.path = path
+        self.compute = compute
         try:
             self.table = json.loads(self.path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             self.table = {}
         self.dirty = False
 
-    def digest(self, file: str) -> str:
+    def get(self, file: str):
         st = os.stat(file)
         key = os.path.abspath(file)
         hit = self.table.get(key)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return hit[2]
-        h = hashlib.blake2b(Path(file).read_bytes(), digest_size=16).hexdigest()
-        self.table[key] = [st.st_size, st.st_mtime_ns, h]
+        value = self.compute(file)
+        self.table[key] = [st.st_size, st.st_mtime_ns, value]
         self.dirty = True
-        return h
+        return value
 
     def save(self) -> None:
         if self.dirty:
@@ -117,12 +125,12 @@ def cached_waveforms(examples, *, sample_rate: int = SAMPLE_RATE, clip_samples: 
 
     ``cache_dir`` defaults to :func:`default_cache_dir`. The result is a read-only memmap.
     """
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    index = _HashIndex(cache_dir)
+    cache_dir = _cache_dir(cache_dir)
+    index = _StatMemo(cache_dir / "file-hashes.json",
+                      lambda f: hashlib.blake2b(Path(f).read_bytes(), digest_size=16).hexdigest())
     key = hashlib.sha1(f"v{CACHE_VERSION}|{sample_rate}|{clip_samples}".encode())
     for ex in examples:
-        content = index.digest(ex.path) if ex.path else "zeros"
+        content = index.get(ex.path) if ex.path else "zeros"
         key.update(f"|{content}|{ex.source}|{ex.offset}".encode())
     index.save()
     target = cache_dir / f"waves-{key.hexdigest()[:20]}.npy"
@@ -134,6 +142,35 @@ def cached_waveforms(examples, *, sample_rate: int = SAMPLE_RATE, clip_samples: 
             arr.flush()
             del arr
     return np.load(target, mmap_mode="r")
+
+
+def _cache_dir(cache_dir) -> Path:
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return cache_dir
+
+
+def drop_short_clips(index, split: str, min_seconds: float, cache_dir=None):
+    """``index`` without the clips of ``split`` shorter than ``min_seconds``, named in one
+    warning line on stderr. Lengths come from headers, remembered like the content hashes."""
+    lengths = _StatMemo(_cache_dir(cache_dir) / "file-seconds.json", lambda f: audio_info(f).seconds)
+    short = []
+    for c in index.split(split):
+        try:
+            if lengths.get(c.path) < min_seconds:
+                short.append(c.path)
+        except AudioError:
+            pass  # decoding names the file if the clip is used (unknown words are sampled)
+    lengths.save()
+    if not short:
+        return index
+    names = ", ".join(os.path.relpath(p, index.root) for p in short[:3])
+    more = f" and {len(short) - 3} more" if len(short) > 3 else ""
+    print(f"kwskit: warning: {index.root}: skipping {len(short)} {split} clip(s) shorter than "
+          f"{min_seconds:g} s (data.min_clip_fraction; `kwskit data check` lists them): {names}{more}",
+          file=sys.stderr)
+    gone = set(short)
+    return dataclasses.replace(index, clips=[c for c in index.clips if c.path not in gone])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,10 +224,14 @@ class KwsDataset(torch.utils.data.Dataset):
 
 def prepare_split(index, labels: list[str], split: str, *, silence_share: float = 1.0,
                   unknown_share: float = 1.0, seed: int = 0, sample_rate: int = SAMPLE_RATE,
-                  clip_samples: int = CLIP_SAMPLES, cache_dir=None) -> SplitData:
-    """Examples of one split of a scanned data set, decoded through the cache."""
+                  clip_samples: int = CLIP_SAMPLES, cache_dir=None,
+                  min_clip_fraction: float = MIN_CLIP_FRACTION) -> SplitData:
+    """Examples of one split of a scanned data set, decoded through the cache. Clips shorter
+    than ``min_clip_fraction`` x ``clip_samples`` are left out (``drop_short_clips``)."""
     from kwskit.data.speech_commands import build_examples
 
+    if min_clip_fraction > 0:
+        index = drop_short_clips(index, split, min_clip_fraction * clip_samples / sample_rate, cache_dir)
     examples = build_examples(index, labels, split, silence_share=silence_share,
                               unknown_share=unknown_share, seed=seed, clip_samples=clip_samples)
     waves = (cached_waveforms(examples, sample_rate=sample_rate, clip_samples=clip_samples,

@@ -63,6 +63,10 @@ LABEL_SETS: dict[str, list[str]] = {
 # length), so no noise sample heard in training is ever scored in validation or testing.
 SILENCE_REGIONS = {"training": (0.0, 0.8), "validation": (0.8, 0.9), "testing": (0.9, 1.0)}
 
+# Clips shorter than this fraction of the clip length are broken (e.g. cut off after the header),
+# not short words: `data check` reports them as errors and training skips them.
+MIN_CLIP_FRACTION = 0.1
+
 # The data set's README / TF speech_commands input_data.py: "~134M", an upper bound on clips
 # per class. The modulus is MAX + 1 (= 2**27); this variant reproduces the official
 # validation/testing lists exactly (checked on 11,545 real clips).

@@ -28,5 +28,6 @@ def pareto(runs: list[str], out: str | Path) -> list[dict]:
     from kwskit.eval.plots import plot_pareto
 
     points = [run_point(r) for r in runs]
-    plot_pareto(points, out, title=f"Accuracy against compute and memory ({len(points)} runs)")
+    plot_pareto(points, out, title=f"Accuracy against compute and memory ({len(points)} runs)",
+                metric="best validation accuracy")
     return points

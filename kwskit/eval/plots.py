@@ -155,11 +155,13 @@ def _colors(n: int) -> list:
     return [colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
 
 
-def plot_pareto(points: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> None:
+def plot_pareto(points: Sequence[dict], path: str | os.PathLike, title: str | None = None,
+                metric: str = "accuracy") -> Figure:
     """Accuracy against MACs and against parameter bytes (seed 004's Metric-FLOPs and
-    Metric-Memory pictures), one labelled marker per model.
+    Metric-Memory pictures), one labelled marker per model; returns the saved figure.
 
     ``points``: dicts with ``name``, ``accuracy`` (0-1), ``macs`` and ``param_bytes``.
+    ``metric`` names the accuracy on the y axis (which split it was measured on).
     """
     if not points:
         raise KwsError("plot pareto: no runs to plot")
@@ -176,10 +178,14 @@ def plot_pareto(points: Sequence[dict], path: str | os.PathLike, title: str | No
             if p["accuracy"] > best:
                 front.append(p)
                 best = p["accuracy"]
-        ax.plot([p[key] for p in front], [100 * p["accuracy"] for p in front], "--", color="0.6",
-                zorder=2, label="Pareto front")
+        if len(front) > 1:  # one point is no front: no line, no legend
+            ax.plot([p[key] for p in front], [100 * p["accuracy"] for p in front], "--",
+                    color="0.6", zorder=2, label="Pareto front")
+            ax.legend(loc="best", fontsize=8)
         ax.set_xscale("log")
         ax.margins(x=0.25, y=0.12)  # room for the labels of the outermost points
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(bottom, min(top, 100.0))  # no room above 100% that no model can reach
         values = [p[key] for p in points]
         decades = np.log10(max(values) / max(min(values), 1e-12))
         # 1-2-5 ticks keep narrow ranges labelled; wide ones only need the decades
@@ -187,15 +193,15 @@ def plot_pareto(points: Sequence[dict], path: str | os.PathLike, title: str | No
         ax.xaxis.set_major_formatter(EngFormatter())  # 2 M, 50 k instead of 2 x 10^6
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy (%)")
+        ax.set_ylabel(f"{metric} (%)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
     fig.suptitle(title or "Accuracy against compute and memory")
     fig.tight_layout()
     for ax, key in zip(fig.axes, ("macs", "param_bytes")):  # after the layout: final positions
         place_labels(ax, [p[key] for p in points], [100 * p["accuracy"] for p in points],
                      [p["name"] for p in points])
     _save(fig, path)
+    return fig
 
 
 # Label positions tried around a point, in points: right/left of it, then further up/down.

@@ -163,6 +163,8 @@ def cmd_stream(a) -> int:
     if a.threads < 1:
         raise KwsError(f"--threads: must be >= 1, got {a.threads}")
     for path in a.audio:
+        if Path(path).is_dir():
+            raise KwsError(f"{path}: is a directory; give audio files (e.g. {Path(path) / '*.wav'})")
         if not Path(path).is_file():
             raise KwsError(f"{path}: no such audio file")
     thr = parse_threshold(a.threshold)
@@ -246,26 +248,28 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--smoothing-s", type=float, default=0.1, help="posterior smoothing (s)")
     s.add_argument("--refractory-s", type=float, default=1.0, help="debounce per keyword (s)")
     s.add_argument("--min-duration-s", type=float, default=0.0, help="shortest span (s)")
-    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     s.set_defaults(func=cmd_stream)
 
     e = subparsers.add_parser("eval-stream",
                               help="false rejects vs false alarms per hour on long streams")
     e.add_argument("run", help="run directory or checkpoint")
-    e.add_argument("--data", help="data set to build test streams from")
-    e.add_argument("--split", default="test", choices=["test", "validation", "train"])
+    e.add_argument("--data", help="data set to build test streams from (default: the one the "
+                   "run was trained on)")
+    e.add_argument("--split", default="test", choices=["test", "validation", "train"],
+                   help="split whose speakers and words make the stream")
     e.add_argument("--minutes", type=float, default=10.0, help="generated stream length")
     e.add_argument("--snr", type=float, nargs="+", default=[10.0, 20.0], metavar="DB",
                    help="word SNR in dB: one value or a low and a high")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", help="output folder (default RUN/eval-stream)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the generated stream")
+    e.add_argument("--out", help="output folder (default: RUN/eval-stream)")
     e.add_argument("--stream", help="a real recording to score instead (with --labels-file)")
     e.add_argument("--labels-file", help="CSV/TSV of keyword, start, end (seconds)")
-    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    e.add_argument("--window-s", type=float, default=1.0)
-    e.add_argument("--smoothing-s", type=float, default=0.1)
-    e.add_argument("--refractory-s", type=float, default=1.0)
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
+    e.add_argument("--window-s", type=float, default=1.0, help="classifier window (s)")
+    e.add_argument("--smoothing-s", type=float, default=0.1, help="posterior smoothing (s)")
+    e.add_argument("--refractory-s", type=float, default=1.0, help="debounce per keyword (s)")
     e.add_argument("--save-audio", action="store_true", help="also write the stream as FLAC")
     e.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     e.set_defaults(func=cmd_eval_stream)

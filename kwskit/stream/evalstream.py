@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -448,10 +449,15 @@ def evaluate_stream(run: str | os.PathLike, data: str | os.PathLike | None = Non
     if (stream is None) != (labels_file is None):
         raise KwsError("--stream and --labels-file go together (a recording and its keyword "
                        "times)")
-    if stream is None and data is None:
-        raise KwsError("--data: give a data set folder to build test streams from "
-                       "(or --stream FILE --labels-file FILE)")
     pipeline, cfg, labels = load_model(run, which)
+    if stream is None and data is None:
+        data = cfg.data.root  # the data set the run was trained on, as its config records it
+        if not data or not Path(data).is_dir():
+            raise KwsError(f"--data: give a data set folder to build test streams from (the run "
+                           f"was trained on {data or 'an unrecorded data set'}, which is not "
+                           "here), or --stream FILE --labels-file FILE")
+        if progress:
+            print(f"data: {data} (the run's training data)", file=sys.stderr)
     streamer = Streamer(pipeline, window_s=window_s)
     keywords = keyword_labels(labels)
     if not keywords:

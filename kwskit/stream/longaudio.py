@@ -3,7 +3,8 @@
 ``audio_blocks`` decodes a file of any sample rate and channel count block by block
 (soundfile), averages the channels and resamples with soxr's streaming resampler, so a
 one-hour file never sits in memory. ``run_stream`` pushes such blocks through a Streamer and
-a Detector; it keeps the per-frame scores only when asked (for a plot or an evaluation).
+a Detector, then flushes the streamer so the end of the audio is scored too; it keeps the
+per-frame scores only when asked (for a plot or an evaluation).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class _Growing:
 def run_stream(streamer: Streamer, blocks: Iterable[np.ndarray], detector: Detector | None = None,
                keep_scores: bool = False, source: str = "<stream>", total_s: float | None = None,
                on_frames: Callable[[np.ndarray, np.ndarray, list], None] | None = None,
-               progress: bool = True) -> StreamResult:
+               progress: bool = True, flush: bool = True) -> StreamResult:
     """Score a stream of sample blocks (mono, at the streamer's rate) from the start.
 
     Args:
@@ -123,6 +124,8 @@ def run_stream(streamer: Streamer, blocks: Iterable[np.ndarray], detector: Detec
             constant.
         on_frames: called with (scores, times, new detections) after every block.
         total_s: expected seconds, for the progress bar.
+        flush: when the blocks end, push out the frames still waiting for look-ahead
+            (``Streamer.flush``: zero samples) so the audio is scored to its end.
     """
     streamer.reset()
     if detector is not None:
@@ -133,20 +136,25 @@ def run_stream(streamer: Streamer, blocks: Iterable[np.ndarray], detector: Detec
     bar = tqdm(total=round(total_s, 1) if total_s else None, unit="s", desc=os.path.basename(source),
                disable=None if progress else True, leave=False,
                bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s [{elapsed}<{remaining}]")
+
+    def consume(scores: np.ndarray) -> None:
+        times = streamer.last_times
+        new = detector.update(scores, times) if detector is not None else []
+        found.extend(new)
+        if kept is not None and len(times):
+            kept.add(scores)
+        if on_frames is not None:
+            on_frames(scores, times, new)
+
     with bar:
         for block in blocks:
-            scores = streamer.step(block)
-            times = streamer.last_times
-            new = detector.update(scores, times) if detector is not None else []
-            found += new
-            if kept is not None and len(times):
-                kept.add(scores)
+            consume(streamer.step(block))
             if env is not None and len(block):
                 peak = float(np.max(np.abs(block)))
                 env.add(np.array([[streamer.samples_in / streamer.sample_rate, peak]]))
-            if on_frames is not None:
-                on_frames(scores, times, new)
             bar.update(len(block) / streamer.sample_rate)
+    if flush:
+        consume(streamer.flush())
     if detector is not None:
         tail = detector.finish()
         found += tail

@@ -107,10 +107,10 @@ def plot_stream(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
     _save(fig, path)
 
 
-def plot_det(result: dict, path: str | os.PathLike, title: str | None = None) -> None:
+def plot_det(result: dict, path: str | os.PathLike, title: str | None = None):
     """DET curves (false-reject rate vs false alarms per hour, symlog x) as PNG, overall in
     black, one coloured line per keyword (each the ``det_envelope`` of its sweep); the 1 FA/h
-    line is marked."""
+    line is marked. Returns the saved figure."""
     from matplotlib.figure import Figure
 
     from kwskit.eval.plots import _colors, _save
@@ -132,7 +132,10 @@ def plot_det(result: dict, path: str | os.PathLike, title: str | None = None) ->
     ax.axvline(1.0, color="0.5", linestyle=":", linewidth=1)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlim(left=0)
-    ax.set_ylim(0, 100)
+    # below 0 and above 100: a keyword with no misses (or all missed) stays visible instead
+    # of running along the axis itself
+    ax.set_ylim(-3, 103)
+    ax.set_yticks(range(0, 101, 20))
     ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
     _light_axes(ax, "false alarms per hour (symlog)", "false rejects (% of keyword occurrences)")
     minutes = result["duration_s"] / 60.0
@@ -140,6 +143,7 @@ def plot_det(result: dict, path: str | os.PathLike, title: str | None = None) ->
     ax.legend(fontsize=7.5, frameon=False, loc="upper right", title="keyword (occurrences)",
               title_fontsize=7.5, ncol=1 if len(kws) <= 12 else 2)
     _save(fig, path)
+    return fig
 
 
 # ---------------------------------------------------------------------------------- the command

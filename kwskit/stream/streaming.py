@@ -20,10 +20,14 @@ Timing (all in seconds of the input stream):
 - ``delay_s = emit_time(j) - frame_time(j)``: the front-end's framing (the second half of a
   window) plus ``lookahead_frames * hop``. Causal models only pay the framing part.
 
-There is no ``flush()``: the last frames a non-causal model emits need audio that has not
-arrived, and ``scores_whole`` computes them from zero padding of the *features*, which no
-input samples reproduce. Feed real audio (or silence, accepting different numbers) to push
-them out; ``pending_frames`` says how many are waiting.
+The end of a finite stream (a file): the last ``delay_s`` seconds of audio are only scored
+once audio after them arrives. ``flush()`` feeds exactly enough zero samples (digital
+silence, what training pads short clips with) to emit every output frame whose time lies
+inside the audio fed so far, so a file is scored to its last frame and a one-word file finds
+its word. Those last frames equal ``scores_whole`` of the signal followed by the same zeros;
+they differ (slightly) from ``scores_whole`` of the bare signal, whose layers pad their own
+inputs with zeros, which no input samples reproduce. A live stream never ends and needs no
+flush; ``pending_frames`` says how many frames are waiting.
 """
 
 from __future__ import annotations
@@ -184,7 +188,7 @@ class Streamer:
         sample_rate: rate of the samples fed to ``step`` [Hz]; must be the front-end's.
 
     ``step(samples)`` -> (n_new, classes) probabilities; ``last_times`` holds their times.
-    See the module docstring for the timing attributes and why there is no ``flush()``.
+    ``flush()`` ends a finite stream (see the module docstring, also for the timing).
     """
 
     def __init__(self, pipeline: nn.Module, window_s: float = 1.0,
@@ -247,6 +251,19 @@ class Streamer:
         """Stream time (s) at which output frame(s) ``j`` become computable."""
         return self.frame_time(j) + self.delay_s
 
+    def flush_samples(self) -> int:
+        """Zero samples ``flush`` feeds: enough to emit every output frame whose time is at
+        or before the end of the audio fed so far (at most ``delay_s`` worth)."""
+        if not self.samples_in:
+            return 0
+        # frame_time(j) <= end  <=>  j * stride * hop <= samples_in + left_pad - win / 2
+        last = math.floor((self.samples_in + self.left_pad - self.win / 2)
+                          / (self.frame_stride * self.hop))
+        if last < self.frames_out:
+            return 0
+        need = float(self.emit_time(last)) * self.sample_rate - self.samples_in
+        return max(0, math.ceil(need - 1e-6))
+
     @property
     def pending_frames(self) -> int:
         """Output frames whose audio has started but which still wait for look-ahead."""
@@ -265,6 +282,7 @@ class Streamer:
         self.samples_in = 0  # samples fed so far
         self.feats_in = 0  # feature frames (samples for wave models) given to the backbone
         self.frames_out = 0  # output frames emitted so far
+        self.flushed = False  # flush() ended this stream; reset() starts a new one
         self.last_times = np.zeros(0, np.float64)
         self.last_logits = np.zeros((0, self.num_classes), np.float32)
 
@@ -299,6 +317,8 @@ class Streamer:
 
     def step_logits(self, samples) -> np.ndarray:
         """Like ``step`` but returns raw logits (n_new, classes)."""
+        if self.flushed:
+            raise KwsError("this stream was flushed (it ended); call reset() to start a new one")
         x = _as_tensor(samples, self._like)
         self.samples_in += int(x.numel())
         times_from = self.frames_out
@@ -323,6 +343,22 @@ class Streamer:
         if not logits.shape[0]:
             return logits
         return torch.softmax(torch.from_numpy(logits).double(), -1).float().numpy()
+
+    def flush(self) -> np.ndarray:
+        """End the stream: feed ``flush_samples()`` zeros and return the scores of the
+        frames they pushed out (those up to the end of the real audio, times in
+        ``last_times``). ``samples_in`` keeps counting real samples only; ``step`` refuses
+        more audio until ``reset()``."""
+        real, pad = self.samples_in, self.flush_samples()
+        scores = self.step(np.zeros(pad, np.float32))
+        self.samples_in = real
+        keep = self.last_times <= real / self.sample_rate + 1e-9
+        if not keep.all():  # rounding: never report a frame past the end of the audio
+            self.frames_out -= int((~keep).sum())
+            scores, self.last_times = scores[keep], self.last_times[keep]
+            self.last_logits = self.last_logits[keep]
+        self.flushed = True
+        return scores
 
     def __repr__(self) -> str:
         return (f"Streamer({getattr(self.backbone, 'model_name', type(self.backbone).__name__)}, "

@@ -38,7 +38,8 @@ class TrainData:
             raise KwsError(f"data.labels: {', '.join(missing)} not in {self.root} (its words: "
                            f"{', '.join(words)}); pass --data or --labels")
         common = dict(silence_share=d.silence_share, unknown_share=d.unknown_share, seed=cfg.train.seed,
-                      sample_rate=d.sample_rate, clip_samples=d.clip_samples, cache_dir=d.cache_dir)
+                      sample_rate=d.sample_rate, clip_samples=d.clip_samples, cache_dir=d.cache_dir,
+                      min_clip_fraction=d.min_clip_fraction)
         self.train = prepare_split(index, self.labels, "training", **common)
         self.val = prepare_split(index, self.labels, "validation", **common)
         if not self.train.examples:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from kwskit.config import ExperimentConfig, config_from_dict, save_config
 from kwskit.errors import KwsError
 from kwskit.fsutil import write_json
+from kwskit.threads import choose_threads
 from kwskit.train import distributed as dd
 from kwskit.train.run import build_pipeline, read_checkpoint, save_checkpoint, write_labels
 from kwskit.train.tracking import Tracker
@@ -86,14 +88,23 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
         cfg = config_from_dict(state["config"])  # the run's own config wins on resume
     elif (out / "checkpoints" / "last.pt").exists():
         raise KwsError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "is a folder with other files in it" if out.is_dir() else "is a file"
+        raise KwsError(f"{out}: {what}, not a kwskit run; choose a new or empty folder for --out")
 
     device = pick_device(cfg.train.device)
     rank, world = dd.init_distributed(device)
     main = rank == 0
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    threads, why = choose_threads(cfg.train.threads)
+    torch.set_num_threads(threads)
+    if main and not quiet:
+        print(f"threads: {threads} ({why}; set train.threads or KWSKIT_THREADS to change)",
+              file=sys.stderr)
     use_amp = cfg.train.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
 
+    # before anything is loaded or written: a tracking server that is down fails fast
+    tracker = Tracker(out, tracking_uri, enabled=main and track)
     td = TrainData(cfg, data, rank=rank, world=world, quiet=quiet or not main)
     cfg.data.root = td.root  # the saved config names the data it was trained on (and --resume uses it)
     labels = td.labels
@@ -113,7 +124,6 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         write_labels(out, labels)
-    tracker = Tracker(out, tracking_uri, enabled=main and track)
     mlflow_id = tracker.start(out.name, cfg.to_dict(), resume_id=mlflow_id)
 
     steps_per_epoch = len(td.train_loader)

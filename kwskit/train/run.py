@@ -7,7 +7,8 @@ A run directory holds:
     checkpoints/last.pt  after every epoch (model, optimiser, epoch, history) -- for --resume
     checkpoints/best.pt  the best validation accuracy so far (model weights only)
     metrics.json         per-epoch history and the best epoch
-    mlruns/              MLflow's local store (when no --tracking-uri is given)
+    mlflow.db            MLflow's local SQLite store (when no --tracking-uri is given;
+                         mlflow ui --backend-store-uri sqlite:///RUN/mlflow.db)
     eval/                what `kwskit eval` writes
 
 Every command that takes a model accepts a run directory or a checkpoint file.
@@ -16,6 +17,7 @@ Every command that takes a model accepts a run directory or a checkpoint file.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import torch
@@ -68,7 +70,12 @@ def read_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise KwsError(f"{path}: not a readable kwskit checkpoint ({str(exc).splitlines()[0][:120]})") from None
+        reason = textwrap.shorten(str(exc).strip().splitlines()[0] if str(exc).strip()
+                                  else type(exc).__name__, 120, placeholder=" ...")
+        hint = ("a run whose last.pt is damaged cannot --resume: evaluate its best.pt "
+                "(--checkpoint best) or train it again" if Path(path).name == "last.pt"
+                else "copy it again, or use the run's other checkpoint (--checkpoint best|last)")
+        raise KwsError(f"{path}: damaged or truncated checkpoint ({reason}); {hint}") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise KwsError(f"{path}: not a kwskit checkpoint (no model/config inside)")
     return state

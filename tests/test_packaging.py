@@ -1,0 +1,36 @@
+"""pyproject.toml: the PEP 639 license form and a build backend range that supports it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+
+
+def test_license_is_an_spdx_string():
+    # The TOML-table form ({ text = ... }) is deprecated by setuptools, unsupported after 2027-02-18.
+    assert isinstance(PYPROJECT["project"]["license"], str)
+    assert not any(c.startswith("License ::") for c in PYPROJECT["project"].get("classifiers", []))
+
+
+def test_setuptools_range_supports_pep639():
+    req = next(r for r in PYPROJECT["build-system"]["requires"] if re.match(r"setuptools\b", r))
+    lower = re.search(r">=\s*(\d+)", req)
+    assert lower and int(lower.group(1)) >= 77, req  # PEP 639 license strings need setuptools 77
+    assert re.search(r"<\s*\d+", req), f"{req}: no upper bound"
+
+
+def test_tracking_extra_has_the_full_mlflow():
+    (req,) = PYPROJECT["project"]["optional-dependencies"]["tracking"]
+    assert req.startswith("mlflow>=") and "<" in req, req
+
+
+def test_core_deps_carry_the_default_sqlite_store():
+    # mlflow-skinny alone cannot open RUN/mlflow.db: it leaves out SQLAlchemy and alembic.
+    names = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in PYPROJECT["project"]["dependencies"]}
+    assert {"mlflow-skinny", "sqlalchemy", "alembic"} <= names
