@@ -110,6 +110,34 @@ def _plot(a):
     return 0
 
 
+def _export(a):
+    from pathlib import Path
+
+    from kwskit.export.onnx import export_clip, export_stream
+    from kwskit.models.io import load_model, resolve_checkpoint
+
+    if a.format != "onnx":
+        raise KwsError(f"--format: only onnx is supported, got {a.format!r}")
+    pipeline, cfg, labels = load_model(a.run, a.checkpoint)
+    name = cfg.model.name
+    if a.out:
+        out = Path(a.out)
+    else:
+        ckpt = resolve_checkpoint(a.run, a.checkpoint)
+        out = ckpt.parent.parent / "export" / f"{name}{'-stream' if a.stream else ''}.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if a.stream:
+        card = export_stream(pipeline, labels, out, chunk_ms=a.chunk_ms, window_s=a.window_s,
+                             name=name)
+        print(f"{out}: streaming {name}, {card['chunk_samples']} samples per call, "
+              f"{len(card['states'])} state tensors, delay {card['delay_s'] * 1e3:.0f} ms")
+    else:
+        export_clip(pipeline, labels, out, clip_samples=cfg.data.clip_samples, name=name)
+        print(f"{out}: clip {name}, (batch, {cfg.data.clip_samples}) audio -> probs")
+    print(f"size {out.stat().st_size / 1e3:.1f} kB; labels: {', '.join(labels)}")
+    return 0
+
+
 def _models(a):
     from kwskit.models.registry import list_models, model_info
 
@@ -185,6 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_stream_parsers(sub)  # stream, eval-stream
 
+    x = sub.add_parser("export", help="export a trained model (ONNX) to run without PyTorch")
+    x.add_argument("run", help="run directory or checkpoint")
+    x.add_argument("--format", default="onnx", choices=["onnx"], help="file format")
+    x.add_argument("--stream", action="store_true",
+                   help="the streaming model (audio chunk + states in, probs + states out)")
+    x.add_argument("--chunk-ms", type=float, default=10.0,
+                   help="--stream: audio per call, rounded to whole output frames")
+    x.add_argument("--window-s", type=float, default=1.0, help="--stream: classifier window (s)")
+    x.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
+    x.add_argument("--out", help="ONNX file to write (default: RUN/export/MODEL[-stream].onnx)")
+    x.set_defaults(func=_export)
+
     pl = sub.add_parser("plot", help="plots across runs")
     psub = pl.add_subparsers(dest="plot_command", required=True, metavar="KIND")
     pp = psub.add_parser("pareto", help="accuracy against MACs and parameter bytes (Metric-FLOPs / Metric-Memory)")
@@ -211,6 +251,7 @@ EXAMPLES = {
     "eval-stream": "kwskit eval-stream runs/bcresnet1-20261203 --minutes 30",
     "plot pareto": "kwskit plot pareto runs/* --out pareto.png",
     "models": "kwskit models",
+    "export": "kwskit export runs/bcresnet1-20261203 --stream --chunk-ms 10",
 }
 
 
@@ -247,6 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kwskit: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # a lean install (the runtime only) lacks the extra
+        extra = _EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"kwskit: error: `kwskit {args.command}` needs {exc.name}, which is not installed: "
+              f"pip install 'kwskit[{extra}]'", file=sys.stderr)
+        return 2
+
+
+# The optional packages a command may need, and the extra that installs each.
+_EXTRA_OF = {"torch": "train", "matplotlib": "train", "mlflow": "train", "espeakng_loader": "train",
+             "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "runtime",
+             "sounddevice": "mic"}
 
 
 if __name__ == "__main__":

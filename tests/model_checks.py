@@ -10,11 +10,9 @@ import torch
 from torch import nn
 
 from kwskit.features.frontend import build_frontend
+from kwskit.layers import FrameSpec
 from kwskit.models import create_model, model_info
 from kwskit.models.pipeline import KwsPipeline
-
-_INIT = object()  # run_stream's default: start from module.init_state(batch, **state_kw)
-
 
 # ---------------------------------------------------------------- sizes and set-up
 def n_params(model: nn.Module) -> int:
@@ -80,57 +78,65 @@ def assert_trains(module: nn.Module, x: torch.Tensor, num_classes: int,
 
 
 # ---------------------------------------------------------------- the streaming proof
-def chunk_sizes(total: int, seed: int, max_chunk: int = 7) -> list[int]:
-    """Random chunk sizes (0..max_chunk) summing to ``total`` >= 2, led by the edge cases 0, 1,
-    0, 1 (empty and single-frame chunks) and ending with an empty chunk."""
+def chunk_sizes(total: int, seed: int, max_chunk: int = 7, unit: int = 1) -> list[int]:
+    """Random chunk sizes, each a multiple of ``unit`` from 1 to ``max_chunk`` units (single
+    units first), summing to ``total`` (a multiple of ``unit``)."""
     g = torch.Generator().manual_seed(seed)
-    sizes, left = [0, 1, 0, 1], total - 2
+    sizes, left = [unit, unit], total - 2 * unit
     while left > 0:
-        c = min(int(torch.randint(0, max_chunk + 1, (1,), generator=g)), left)
+        c = min(unit * int(torch.randint(1, max_chunk + 1, (1,), generator=g)), left)
         sizes.append(c)
         left -= c
-    return sizes + [0]
+    return sizes
+
+
+def stream_states(module: nn.Module, x: torch.Tensor, window: int | None = None):
+    """(states, output FrameSpec) of ``module`` for a batch shaped like ``x``: a classifier
+    (it has ``frame_stride``) pools ``window`` frames; a layer gets x's frame shape."""
+    spec = FrameSpec(tuple(x.shape[1:-1]))
+    if hasattr(module, "frame_stride"):
+        return module.stream_init(x.shape[0], window, dtype=x.dtype)
+    if hasattr(module, "frames"):  # a pool (TimePool, AttentionPool)
+        return module.stream_init(x.shape[0], spec, window, dtype=x.dtype)
+    return module.stream_init(x.shape[0], spec, dtype=x.dtype)
 
 
 def run_stream(module: nn.Module, x: torch.Tensor, seed: int = 0, max_chunk: int = 7,
-               state=_INIT, **state_kw) -> torch.Tensor:
-    """Feed ``x`` through ``module.step`` in ``chunk_sizes`` chunks along its last axis and
-    concatenate the outputs there. The first state is ``module.init_state(batch, **state_kw)``
-    unless ``state`` is given (``state=None``: the module's lazy state)."""
-    if state is _INIT:
-        state = module.init_state(x.shape[0], **state_kw)
-    classes = getattr(module, "num_classes", None)
+               window: int | None = None) -> tuple[torch.Tensor, int]:
+    """Feed ``x`` (cut to a multiple of the stride) through ``module.step`` in
+    ``chunk_sizes`` chunks along its last axis; returns (the outputs after the warm-up frames,
+    concatenated along time, the warm-up). Every step must return exactly chunk / stride
+    frames."""
+    stride = getattr(module, "frame_stride", None) or getattr(module, "stride", 1)
+    states, spec = stream_states(module, x, window)
+    t = x.shape[-1] // stride * stride
     outs, i = [], 0
-    for c in chunk_sizes(x.shape[-1], seed, max_chunk):
-        y, state = module.step(x[..., i:i + c], state)
-        assert y.shape[0] == x.shape[0]
-        if classes is not None:  # a classifier: (B, classes, n_new) logits, even when n_new = 0
-            assert y.shape[:2] == (x.shape[0], classes)
+    for c in chunk_sizes(t, seed, max_chunk, stride):
+        y, states = module.step(x[..., i:i + c], states)
+        assert y.shape[0] == x.shape[0] and y.shape[-1] == c // stride
+        assert all(torch.is_tensor(s) for s in states)
         outs.append(y)
         i += c
-    assert i == x.shape[-1]
-    return torch.cat(outs, dim=-1)
-
-
-def expected_frames(t: int, stride: int, lookahead: int) -> int:
-    """Output frames computable from t input frames: j with j*stride + lookahead <= t-1."""
-    return (t - 1 - lookahead) // stride + 1 if t - 1 >= lookahead else 0
+    return torch.cat(outs, dim=-1)[..., spec.warmup:], spec.warmup
 
 
 def assert_model_streams(model: nn.Module, x: torch.Tensor, window: int | None, *, seed: int,
                          max_chunk: int, atol: float, causal: bool = False):
-    """The streaming proof for a classifier in eval mode: chunked ``step`` logits equal
-    ``forward_frames(x, window)`` on every frame that needs no input past the end of ``x``
-    (all frames when ``causal``). Returns (whole, streamed)."""
+    """The streaming proof for a classifier in eval mode: chunked ``step`` logits, after the
+    warm-up, equal ``forward_frames(x, window)`` frame for frame (and a causal model has no
+    warm-up). Returns (whole, streamed)."""
     with torch.no_grad():
-        whole = model.forward_frames(x, window)
-        streamed = run_stream(model, x, seed, max_chunk, window=window)
-    t = x.shape[-1]
+        whole = model.forward_frames(x, window or model.num_out_frames(x.shape[-1]))
+        streamed, warmup = run_stream(model, x, seed, max_chunk,
+                                      window=window or model.num_out_frames(x.shape[-1]))
+    t, s = x.shape[-1], model.frame_stride
     assert whole.shape == (x.shape[0], model.num_classes, model.num_out_frames(t))
-    n, la, s = streamed.shape[-1], model.lookahead_frames, model.frame_stride
-    assert n == expected_frames(t, s, la) > 0  # every frame not needing input past the end
+    n = streamed.shape[-1]
+    assert n == t // s - warmup > 0
+    # a frame comes out at the end of the step holding its look-ahead, never before
+    assert warmup * s + s - 1 >= model.lookahead_frames
     if causal:
-        assert la == 0 and n == whole.shape[-1]
+        assert model.lookahead_frames == 0 and warmup == 0
     torch.testing.assert_close(streamed, whole[..., :n], atol=atol, rtol=0)
     return whole, streamed
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from kwskit.config import ExperimentConfig, ModelConfig
+from kwskit.data.streams import (Occurrence, build_test_stream, read_labels_file, speech_bounds,
+                                 write_labels_file)
 from kwskit.errors import KwsError
+from kwskit.eval.detection import frr_at_fa, score_detections, sweep
 from kwskit.models import model_info
+from kwskit.models.io import build_pipeline, save_checkpoint
 from kwskit.stream.detector import Detection
-from kwskit.stream.evalstream import (Occurrence, build_test_stream, frr_at_fa,
-                                      read_labels_file, score_detections, speech_bounds, sweep,
-                                      write_labels_file)
-from kwskit.train.run import build_pipeline, save_checkpoint
 
 SR = 16000
 LABELS = ["yes", "no", "_silence_", "_unknown_"]  # tiny_data also has up, down, bed

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kwskit.errors import KwsError
+from kwskit.layers import FrameSpec
 from kwskit.layers.lambda_layer import LambdaLayer1d
 from kwskit.layers.recurrent import AttentionPool, StreamGRU
 from kwskit.models import create_model, model_info
@@ -84,8 +85,8 @@ def test_lambda_layer_streams_exactly(context, m, padding):
     x = torch.randn(2, 8, 61, dtype=torch.float64)
     with torch.no_grad():
         whole = layer(x)
-        streamed = run_stream(layer, x, seed=m + context, state=None)
-    assert streamed.shape[-1] == 61 - layer.lookahead  # every frame not needing the future
+        streamed, warmup = run_stream(layer, x, seed=m + context)
+    assert warmup == layer.lookahead and streamed.shape[-1] == 61 - warmup
     assert layer.lookahead == (0 if padding == "causal" else (m - 1) - (m - 1) // 2)
     torch.testing.assert_close(streamed, whole[..., :streamed.shape[-1]], atol=1e-12, rtol=0)
 
@@ -108,7 +109,7 @@ def test_lambda_layer_context_is_what_it_says():
     x2[..., -1] += 3.0
     assert not torch.equal(glob(x2)[..., 0], glob(x)[..., 0])
     with pytest.raises(KwsError, match="cannot stream"):
-        glob.step(x, None)
+        glob.stream_init(1, FrameSpec((4,)))
 
 
 def test_lambda_layer_bad_arguments():
@@ -127,17 +128,21 @@ def test_stream_gru_chunked_equals_whole_and_nn_gru():
         whole = gru(x)
         ref, _ = gru.gru(x.transpose(1, 2))
         torch.testing.assert_close(whole, ref.transpose(1, 2), atol=0, rtol=0)
-        streamed = run_stream(gru, x, seed=4, state=None)
+        streamed, warmup = run_stream(gru, x, seed=4)
+        assert warmup == 0
         torch.testing.assert_close(streamed, whole, atol=1e-12, rtol=0)
-        # an explicit zero state is the same as the lazy None state
-        s0 = gru.init_state(3, dtype=torch.float64)
+        (s0,), _ = gru.stream_init(3, FrameSpec((5,)), dtype=torch.float64)
         assert s0.shape == (2, 3, 7) and not s0.any()
-        torch.testing.assert_close(run_stream(gru, x, seed=5, state=s0), whole,
-                                   atol=1e-12, rtol=0)
         # the state matters: continuing from it differs from restarting
-        y1, h = gru.step(x[..., :20], None)
-        y2, _ = gru.step(x[..., 20:], h)
+        y1, st = gru.step(x[..., :20], (s0,))
+        y2, _ = gru.step(x[..., 20:], st)
         assert not torch.allclose(y2, gru(x[..., 20:]))
+        # warm-up frames (look-ahead before the GRU) leave the hidden state untouched
+        states, spec = gru.stream_init(3, FrameSpec((5,), warmup=3), dtype=torch.float64)
+        junk = torch.full((3, 5, 3), 1e3, dtype=torch.float64)
+        y, _ = gru.step(torch.cat([junk, x], dim=-1), states)
+        assert spec.warmup == 3
+        torch.testing.assert_close(y[..., 3:], whole, atol=1e-12, rtol=0)
 
 
 def naive_attention_frames(pool: AttentionPool, x: torch.Tensor, window) -> torch.Tensor:
@@ -160,8 +165,9 @@ def test_attention_pool_windows_and_streaming(window):
         frames = pool.frames(x, window)
         torch.testing.assert_close(frames, naive_attention_frames(pool, x, window),
                                    atol=1e-12, rtol=0)
-        streamed = run_stream(pool, x, seed=7, max_chunk=11, window=window)
-        torch.testing.assert_close(streamed, frames, atol=1e-12, rtol=0)
+        if window is not None:  # streams pool a fixed window
+            streamed, _ = run_stream(pool, x, seed=7, max_chunk=11, window=window)
+            torch.testing.assert_close(streamed, frames, atol=1e-12, rtol=0)
         whole = pool(x)
         torch.testing.assert_close(pool.frames(x, 45)[..., -1], whole, atol=1e-12, rtol=0)
         if window is None:
@@ -177,8 +183,9 @@ def test_attention_pool_is_stable_with_huge_energies():
         for window in (5, None):
             y = pool.frames(x, window)
             assert torch.isfinite(y).all()
-            s = run_stream(pool, x, seed=8, window=window)
-            torch.testing.assert_close(s, y, atol=1e-5, rtol=0)
+            if window is not None:
+                s, _ = run_stream(pool, x, seed=8, window=window)
+                torch.testing.assert_close(s, y, atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------- sizes against the papers
@@ -257,7 +264,7 @@ def test_lambda_resnet18_paper_version_does_not_stream():
     m = create_model("lambda_resnet18")
     assert m.streamable is False and "context" in m.stream_note
     with pytest.raises(KwsError, match="cannot stream"):
-        m.init_state(1)
+        m.stream_init(1, 98)
     assert create_model("lambda_resnet18", context=100).streamable
 
 

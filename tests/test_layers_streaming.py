@@ -7,24 +7,34 @@ import torch
 from torch import nn
 
 from kwskit.errors import KwsError
-from kwskit.layers import (Delay, FrameWise, FreqMean, Residual, StreamClassifier, StreamConv1d,
+from kwskit.layers import (Delay, FrameSpec, FrameWise, FreqMean, Residual, StreamClassifier, StreamConv1d,
                            StreamConv2d, StreamPool1d, StreamPool2d, StreamSequential, StreamSum,
                            SubSpectralNorm, TimePool, total_lookahead)
-from model_checks import expected_frames, run_stream
+from model_checks import run_stream
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Layers, unlike classifiers, name their timing ``stride`` / ``lookahead``: this proof is theirs.
-def assert_stream_matches(module, x, atol, seed=0, max_chunk=7):
+def tight_warmup(lookahead: int, stride: int) -> int:
+    """Output frames a layer must wait: frame j needs input j*stride + lookahead, and a step
+    of whole strides ends at input (j + 1)*stride - 1."""
+    return max(0, -(-(lookahead + 1) // stride) - 1)
+
+
+def assert_stream_matches(module, x, atol, seed=0, max_chunk=7, tight=True):
     module.eval()
     with torch.no_grad():
         whole = module(x)
-        streamed = run_stream(module, x, seed, max_chunk)
-    n = streamed.shape[-1]
-    assert n == expected_frames(x.shape[-1], module.stride, module.lookahead)
-    assert n > 0 and whole.shape[:-1] == streamed.shape[:-1]
+        streamed, warmup = run_stream(module, x, seed, max_chunk)
+    n, s = streamed.shape[-1], module.stride
+    assert n == x.shape[-1] // s - warmup > 0
+    if tight:  # one layer: late by exactly its look-ahead
+        assert warmup == tight_warmup(module.lookahead, s)
+    else:  # a chain rounds each layer's wait up to its stride
+        assert warmup >= tight_warmup(module.lookahead, s)
+    assert whole.shape[:-1] == streamed.shape[:-1]
     torch.testing.assert_close(streamed, whole[..., :n], atol=atol, rtol=0)
     return whole, streamed
 
@@ -127,13 +137,13 @@ def test_delay():
     d = Delay(3)
     x = torch.arange(10.0).reshape(1, 1, 10)
     assert torch.equal(d(x), x) and d.lookahead == 3 and d.stride == 1
-    state, got = d.init_state(1), []
+    states, spec = d.stream_init(1, FrameSpec((1,)))
+    assert spec.warmup == 3 and [tuple(s.shape) for s in states] == [(1, 1, 3)]
+    got = []
     for t in range(10):
-        y, state = d.step(x[..., t:t + 1], state)
-        got.append(y.shape[-1])
-        if t >= 3:
-            assert y.item() == t - 3  # frame t-3 leaves once frame t has arrived
-    assert got == [0, 0, 0] + [1] * 7
+        y, states = d.step(x[..., t:t + 1], states)
+        got.append(y.item())
+    assert got == [0, 0, 0] + list(range(7))  # frame t-3 leaves once frame t has arrived
 
 
 def test_residual_with_lookahead_mismatch():
@@ -183,14 +193,14 @@ def test_deep_composite_float32():
     bn.running_var.uniform_(0.5, 2.0)
     x = torch.randn(2, 1, 8, 300)
     for seed in range(3):
-        assert_stream_matches(net, x, atol=1e-5, seed=seed, max_chunk=11)
+        assert_stream_matches(net, x, atol=1e-5, seed=seed, max_chunk=11, tight=False)
 
 
 def test_framewise_empty_chunks_and_refusals():
     fw = FrameWise(nn.Sequential(nn.Conv2d(3, 7, (3, 1), stride=(2, 1), padding=(1, 0)),
                                  nn.BatchNorm2d(7)))
-    y, _ = fw.step(torch.zeros(2, 3, 10, 0), None)
-    assert y.shape == (2, 7, 5, 0)
+    states, spec = fw.stream_init(2, FrameSpec((3, 10)))
+    assert states == () and spec.shape == (7, 5)
     assert fw.module[1].num_batches_tracked.item() == 0  # the shape probe touched no stats
     for bad in (nn.Conv1d(2, 2, 3), nn.Conv2d(2, 2, (1, 3)), nn.GRU(2, 2), nn.Linear(2, 2),
                 nn.AdaptiveAvgPool2d(1), nn.Sequential(nn.ReLU(), nn.AvgPool1d(2))):
@@ -203,8 +213,9 @@ def test_framewise_empty_chunks_and_refusals():
         Residual(nn.Sequential(nn.ReLU(), nn.MaxPool1d(3)))
     seq = StreamSequential(nn.Conv1d(2, 3, 1), nn.ReLU())
     assert list(seq.state_dict()) == ["0.weight", "0.bias"]
-    y, _ = seq.step(torch.zeros(1, 2, 0), seq.init_state(1))
-    assert y.shape == (1, 3, 0)
+    states, spec = seq.stream_init(1, FrameSpec((2,)))
+    assert states == () and spec == FrameSpec((3,), 0)  # frame-wise: no state, shape probed
+    assert fw.module[1].num_batches_tracked.item() == 0
 
 
 @pytest.mark.parametrize("mode", ["avg", "max"])
@@ -218,8 +229,10 @@ def test_timepool_windows(mode):
         for t in (0, 3, 17, 39):
             lo = 0 if window is None else max(0, t - window + 1)
             torch.testing.assert_close(frames[..., t], reduce(x[..., lo:t + 1]))
-        streamed = run_stream(pool, x, seed=3, window=window)
-        torch.testing.assert_close(streamed, frames, atol=1e-12, rtol=0)
+        if window is not None:  # streams pool a fixed window
+            streamed, warmup = run_stream(pool, x, seed=3, window=window)
+            assert warmup == 0
+            torch.testing.assert_close(streamed, frames, atol=1e-12, rtol=0)
     torch.testing.assert_close(pool.frames(x, 40)[..., -1], pool(x))
     with pytest.raises(ValueError):
         pool.frames(x, 0)
@@ -262,9 +275,9 @@ def test_stream_classifier_api():
         torch.testing.assert_close(model.forward_frames(clip, t_out)[..., -1], model(clip))
         long = torch.randn(2, 6, 200)
         whole = model.forward_frames(long, window=9)
-        streamed = run_stream(model, long, window=9)
+        streamed, warmup = run_stream(model, long, window=9)
     n = streamed.shape[-1]
-    assert n == expected_frames(200, 2, model.lookahead_frames)
+    assert n == 100 - warmup and warmup == 3  # look-ahead 6 input frames = 3 at stride 2
     torch.testing.assert_close(streamed, whole[..., :n], atol=1e-5, rtol=0)
     with pytest.raises(KwsError, match="expected features"):
         model(torch.randn(1, 5, 20))
@@ -274,7 +287,7 @@ def test_timepool_last_mode():
     pool = TimePool("last")
     x = torch.randn(2, 3, 12)
     assert torch.equal(pool(x), x[..., -1]) and torch.equal(pool.frames(x, 4), x)
-    assert torch.equal(run_stream(pool, x, seed=5, window=4), x)
+    assert torch.equal(run_stream(pool, x, seed=5, window=4)[0], x)
 
 
 class _ToyWave(StreamClassifier):
@@ -291,10 +304,10 @@ def test_wave_input_classifier_streams():
     wave = torch.randn(2, 400)
     with torch.no_grad():
         whole = model.forward_frames(wave, window=6)
-        streamed = run_stream(model, wave, seed=2, max_chunk=40, window=6)
+        streamed, warmup = run_stream(model, wave, seed=2, max_chunk=40, window=6)
         clip = model(wave[:, :160])
     n = streamed.shape[-1]
-    assert n == expected_frames(400, 8, 4) and whole.shape == (2, 3, 50)
+    assert n == 50 - warmup and warmup == 0 and whole.shape == (2, 3, 50)
     torch.testing.assert_close(streamed, whole[..., :n], atol=1e-5, rtol=0)
     assert clip.shape == (2, 3)
     # (B, 1, S) from KwsPipeline is raw audio too; two channels are not

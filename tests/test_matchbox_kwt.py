@@ -14,9 +14,9 @@ from kwskit.config import load_config
 from kwskit.errors import KwsError
 from kwskit.eval.profile import count_macs
 from kwskit.models import create_model, list_models, model_info
+from kwskit.models.io import build_pipeline
 from kwskit.models.kwt import EncoderLayer
 from kwskit.train.loop import fit
-from kwskit.train.run import build_pipeline
 from model_checks import (assert_clip_is_last_frame, assert_model_streams, assert_trains,
                           eval_model, n_params, recipe_pipeline)
 
@@ -138,8 +138,8 @@ def test_kwt_refuses_to_stream_with_its_note():
     assert m.streamable is False and "global self-attention" in m.stream_note
     assert m.lookahead_frames == 97 and m.frame_stride == 98  # needs the whole 1-s window
     x = torch.randn(1, 40, 98)
-    for call in (lambda: m.init_state(1), lambda: m.step(x, None),
-                 lambda: m.forward_frames(x), lambda: m.body.step(x, None)):
+    for call in (lambda: m.stream_init(1, 98), lambda: m.step(x, ()),
+                 lambda: m.forward_frames(x), lambda: m.body.step(x, ())):
         with pytest.raises(KwsError, match="cannot (stream|score frame by frame)"):
             call()
     assert m.no_weight_decay() <= {k for k, _ in m.named_parameters()}

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from kwskit.errors import KwsError
-from kwskit.eval.metrics import (curve_area, detection_metrics, equal_error_rate, evaluate_scores,
-                                 far_frr_curve)
+from kwskit.data.streams import Occurrence
+from kwskit.eval.detection import score_detections
+from kwskit.eval.metrics import curve_area, equal_error_rate, evaluate_scores, far_frr_curve
 from kwskit.eval.plots import plot_confusion, plot_far_frr
+from kwskit.stream.detector import Detection
 
 LABELS = ["_silence_", "yes", "no"]
 # (true, predicted) for 9 clips; confusion rows = true: [[1,1,0],[0,2,1],[0,1,3]]
@@ -141,16 +143,23 @@ def test_perfect_separation_area_and_eer_zero():
         assert r["far_frr"][name]["eer"] == 0.0
 
 
-def test_detection_metrics():
-    d = detection_metrics([1.2, 4.0, 5.1, 20.0], [1.0, 5.0, 10.0], duration_s=1800, tolerance_s=0.5)
-    assert (d["hits"], d["misses"], d["false_alarms"]) == (2, 1, 2)
-    assert d["frr"] == pytest.approx(1 / 3)
-    assert d["fa_per_hour"] == pytest.approx(4.0)
-    # one detection cannot serve two references
-    d = detection_metrics([1.2], [1.0, 1.4], duration_s=60)
-    assert (d["hits"], d["misses"], d["false_alarms"]) == (1, 1, 0)
+def test_detection_scoring_on_long_audio():
+    """The one detection rule (kwskit.eval.detection): hits, misses, FA per hour."""
+    def det(*starts):
+        return [Detection("on", t, t + 0.1, 0.9) for t in starts]
+
+    words = [Occurrence("on", t, t) for t in (1.0, 5.0, 10.0)]
+    r = score_detections(det(1.2, 4.0, 5.1, 20.0), words, ["on"], duration_s=1800,
+                         tolerance_s=0.5)["on"]
+    assert (r["hits"], r["misses"], r["false_alarms"]) == (2, 1, 2)
+    assert r["frr"] == pytest.approx(1 / 3)
+    assert r["fa_per_hour"] == pytest.approx(4.0)
+    # one detection cannot serve two occurrences, even when it lies in both windows
+    r = score_detections(det(1.2), [Occurrence("on", 1.0, 1.0), Occurrence("on", 1.1, 1.4)],
+                         ["on"], duration_s=60)["on"]
+    assert (r["hits"], r["misses"], r["false_alarms"]) == (1, 1, 0)
     with pytest.raises(KwsError, match="duration_s"):
-        detection_metrics([], [], duration_s=0)
+        score_detections([], [], ["on"], duration_s=0)
 
 
 def _png_ok(path):
@@ -222,7 +231,7 @@ def test_pareto_plot_says_which_accuracy_and_stops_at_100(tmp_path):
 
 
 def test_det_plot_shows_a_keyword_with_no_misses(tmp_path):
-    from kwskit.stream.plots import plot_det
+    from kwskit.eval.plots import plot_det
 
     thr = [0.1, 0.5, 0.9]
     curve = lambda fa, frr: {"fa_per_hour": fa, "frr": frr}  # noqa: E731

@@ -30,7 +30,18 @@ def test_tracking_extra_has_the_full_mlflow():
     assert req.startswith("mlflow>=") and "<" in req, req
 
 
-def test_core_deps_carry_the_default_sqlite_store():
-    # mlflow-skinny alone cannot open RUN/mlflow.db: it leaves out SQLAlchemy and alembic.
-    names = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in PYPROJECT["project"]["dependencies"]}
-    assert {"mlflow-skinny", "sqlalchemy", "alembic"} <= names
+def _names(reqs) -> set[str]:
+    return {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in reqs}
+
+
+def test_train_extra_carries_the_default_sqlite_store():
+    # the default MLflow store (sqlite in the run dir) needs SQLAlchemy and alembic
+    names = _names(PYPROJECT["project"]["optional-dependencies"]["train"])
+    assert {"torch", "mlflow-skinny", "sqlalchemy", "alembic"} <= names
+
+
+def test_core_is_torch_free_and_runtime_adds_only_onnxruntime():
+    core = _names(PYPROJECT["project"]["dependencies"])
+    assert not core & {"torch", "matplotlib", "mlflow-skinny"}
+    assert _names(PYPROJECT["project"]["optional-dependencies"]["runtime"]) == {"onnxruntime"}
+    assert "onnxscript" in _names(PYPROJECT["project"]["optional-dependencies"]["onnx"])

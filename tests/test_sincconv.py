@@ -14,10 +14,10 @@ from kwskit.errors import KwsError
 from kwskit.eval.profile import count_macs
 from kwskit.layers.sinc import LogCompression, SincConv1d
 from kwskit.models import create_model, list_models, model_info
+from kwskit.models.io import build_pipeline
 from kwskit.models.sincconv import ChannelShuffle
-from kwskit.train.run import build_pipeline
 from model_checks import (assert_clip_is_last_frame, assert_model_streams, assert_trains,
-                          eval_model, n_params)
+                          eval_model, n_params, run_stream)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,16 +136,11 @@ def test_sinc_layer_streams_exactly(padding):
     x = torch.randn(2, 1, 397, dtype=torch.float64)
     with torch.no_grad():
         whole = sinc(x)
-        state, outs, i = sinc.init_state(2), [], 0
-        for c in [0, 1, 0, 5, 17, 1, 40, 3, 100] + [30] * 8:
-            y, state = sinc.step(x[..., i:i + c], state)
-            outs.append(y)
-            i += c
-        y, state = sinc.step(x[..., i:], state)
-        outs.append(y)
-    streamed = torch.cat(outs, dim=-1)
+        streamed, warmup = run_stream(sinc, x, seed=3, max_chunk=13)
     assert whole.shape[-1] == -(-397 // 8)
-    assert streamed.shape[-1] == (397 - 1 - sinc.lookahead) // 8 + 1
+    # frame j waits for sample j*8 + lookahead; steps end on whole strides
+    assert warmup == max(0, -(-(sinc.lookahead + 1) // 8) - 1)
+    assert streamed.shape[-1] == 397 // 8 - warmup
     torch.testing.assert_close(streamed, whole[..., :streamed.shape[-1]], atol=1e-12, rtol=0)
 
 

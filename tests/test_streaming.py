@@ -36,10 +36,10 @@ from kwskit.errors import KwsError
 from kwskit.features.frontend import LogMel, build_frontend
 from kwskit.layers import StreamClassifier, StreamConv1d, StreamPool1d, StreamSequential
 from kwskit.models import create_model, list_models, model_info
+from kwskit.models.io import build_pipeline, save_checkpoint
 from kwskit.models.pipeline import KwsPipeline
 from kwskit.stream.longaudio import audio_blocks, stream_file
 from kwskit.stream.streaming import Streamer, logits_whole, scores_whole, window_frames
-from kwskit.train.run import build_pipeline, save_checkpoint
 
 SR = 16000
 LABELS = ["yes", "no", "up", "down", "_silence_", "_unknown_"]
@@ -134,15 +134,11 @@ def assert_stream_equals_whole(pipeline: KwsPipeline, signal: np.ndarray, seed: 
     streamer = Streamer(pipeline, window_s=window_s)
     logits, probs, times = stream_run(streamer, signal, chunk_sizes(len(signal), seed))
     n = logits.shape[0]
-    # the streamer holds back exactly the frames that still wait for look-ahead (a centred
-    # front-end's whole-signal run also has frames from its end padding)
-    t_feat = streamer.feats_in
-    assert n + streamer.pending_frames == streamer.backbone.num_out_frames(t_feat)
-    if not streamer.center:
-        assert n + streamer.pending_frames == whole.shape[0]
-    stride, la = streamer.frame_stride, streamer.lookahead_frames
-    assert n == ((t_feat - 1 - la) // stride + 1 if t_feat - 1 >= la else 0)
-    assert n > 0, "signal too short to emit a frame"
+    # the streamer emits exactly the frames whose step is complete, after the warm-up
+    assert n == len(signal) // streamer.unit - streamer.warmup_frames > 0
+    # never before the look-ahead arrived: frame j needs feature j*stride + lookahead
+    la_samples = streamer.lookahead_frames * streamer.hop + streamer.win
+    assert streamer.emit_time(0) * SR >= la_samples - streamer.left_pad
     np.testing.assert_allclose(logits, whole[:n], atol=1e-5, rtol=0)
     np.testing.assert_allclose(probs, scores_whole(pipeline, signal, window_s)[:n],
                                atol=1e-6, rtol=0)
@@ -189,11 +185,10 @@ def test_models_that_cannot_stream_say_why(name):
     assert note in str(err.value)
 
 
-@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
-def test_centered_frontend_streams_exactly(pad_mode):
-    """center=True pads the signal start; the streamer adds that padding itself."""
+def test_centered_frontend_streams_exactly():
+    """center=True pads the signal start with zeros; the framing layer starts with them."""
     fe = {"type": "mfcc", "n_mfcc": 10, "win_length": 400, "hop_length": 160, "n_fft": 512,
-          "center": True, "pad_mode": pad_mode}
+          "center": True, "pad_mode": "constant"}
     torch.manual_seed(3)
     p = randomize(build_pipeline(ExperimentConfig(model=ModelConfig("dscnn_s"), frontend=fe), 4))
     signal = make_signal(2.0, seed=4)
@@ -201,6 +196,15 @@ def test_centered_frontend_streams_exactly(pad_mode):
     streamer, whole = assert_stream_equals_whole(p, signal, seed=5)
     assert streamer.left_pad == 256 - (512 - 400) // 2
     assert streamer.frame_time(0) == pytest.approx((-200 + 200) / SR)  # centred on sample 0
+
+
+def test_reflect_padded_frontend_says_why_it_cannot_stream():
+    """Reflect padding mirrors samples 1..pad into the first frame: samples not yet heard."""
+    fe = {"type": "logmel", "n_mels": 40, "center": True, "pad_mode": "reflect"}
+    p = build_pipeline(ExperimentConfig(model=ModelConfig("dscnn_s"), frontend=fe), 4)
+    with pytest.raises(KwsError, match="reflect padding needs future samples"):
+        Streamer(p)
+    assert p(torch.zeros(1, SR)).shape == (1, 4)  # whole clips are fine
 
 
 class Toy(StreamClassifier):
@@ -239,21 +243,21 @@ def test_1d_and_wave_inputs_stream_exactly(make):
         assert streamer.frame_step_s == pytest.approx(80 / SR)
 
 
-def test_frames_come_out_as_soon_as_their_lookahead_arrived():
-    """delay_s is exact: frame j appears in the step whose audio completes its aligned
-    frame plus the model's look-ahead, not later."""
-    p = randomize(recipe_pipeline("dscnn_s"))
-    s = Streamer(p)
-    hop, win = s.hop, s.win
-    assert s.delay_s == pytest.approx((win / 2 + s.lookahead_frames * hop) / SR)
-    signal = make_signal(2.0, seed=2)
-    for i in range(0, len(signal), hop):
-        s.step(signal[i : i + hop])
-        emitted = s.frames_out
+@pytest.mark.parametrize("name", STREAMABLE)
+def test_frames_come_out_as_soon_as_their_step_is_complete(name):
+    """delay_s is exact and tight: frame j appears in the step whose audio completes its
+    aligned frame plus the model's look-ahead (rounded up to the next output frame), not
+    later."""
+    s = Streamer(randomize(recipe_pipeline(name)))
+    tight = (s.win / 2 + s.lookahead_frames * s.hop) / SR
+    assert tight - 1e-9 <= s.delay_s < tight + s.frame_step_s
+    signal = make_signal(2.5, seed=2)
+    for i in range(0, len(signal), s.unit):
+        s.step(signal[i : i + s.unit])
         # frames computable from the samples so far = those whose emit time has passed
-        ready = int(np.sum(s.emit_time(np.arange(200)) * SR <= s.samples_in + 1e-6))
-        assert emitted == ready, f"after {s.samples_in} samples: {emitted} != {ready}"
-    assert s.frames_out > 10
+        ready = int(np.sum(s.emit_time(np.arange(500)) * SR <= s.samples_in + 1e-6))
+        assert s.frames_out == ready, f"after {s.samples_in} samples"
+    assert s.frames_out > 3
 
 
 def test_whole_clip_reference_is_the_clip_classifier():
@@ -521,7 +525,7 @@ def test_long_audio_streams_in_constant_memory(tmp_path):
     """6 minutes of 8 kHz stereo through the CLI's file path: Python/numpy peak memory and
     process RSS stay flat (decoding the whole file would take ~23 MB as float32)."""
     run = make_run(tmp_path)
-    from kwskit.train.run import load_model
+    from kwskit.models.io import load_model
 
     p, _, labels = load_model(run)
     streamer = Streamer(p)

@@ -12,13 +12,13 @@ from torch import nn
 from kwskit.config import load_config
 from kwskit.errors import KwsError
 from kwskit.eval.profile import count_macs
-from kwskit.layers import StreamSum
+from kwskit.layers import FrameSpec, StreamSum
 from kwskit.models import create_model, list_models, model_info
 from kwskit.models.res15 import dilation_of
 from kwskit.models.tcresnet import tc_block
 from model_checks import (assert_clip_is_last_frame, assert_model_streams, assert_trains,
                           eval_model, feature_shape, n_params, randomize_batchnorm,
-                          recipe_frames, recipe_pipeline)
+                          recipe_frames, recipe_pipeline, run_stream)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -180,20 +180,19 @@ def test_strided_block_aligns_shortcut_and_main_path(causal):
     ssum = block.sum
     assert isinstance(ssum, StreamSum) and ssum.stride == 2
     assert [b.lookahead for b in ssum.branches] == ([0, 0] if causal else [0, 12])
-    for t in (31, 32):  # odd and even lengths
-        x = torch.randn(1, 8, t)
-        with torch.no_grad():
-            whole = block(x)
-            state, outs, pending = block.init_state(1), [], []
-            for i in range(t):  # one frame at a time
-                y, state = block.step(x[..., i:i + 1], state)
-                outs.append(y)
-                pending.append(state[0]["pending"][0].shape[-1])  # shortcut frames held back
-        got = torch.cat(outs, dim=-1)
-        assert whole.shape[-1] == math.ceil(t / 2)
-        assert got.shape[-1] == (t - 1 - block.lookahead) // 2 + 1
-        torch.testing.assert_close(got, whole[..., :got.shape[-1]], atol=1e-5, rtol=0)
-        assert max(pending) == (0 if causal else 6)  # 12 input frames = 6 output frames
+    x = torch.randn(1, 8, 32)
+    with torch.no_grad():
+        whole = block(x)
+        got, warmup = run_stream(block, x, seed=1, max_chunk=1)  # one output frame per step
+    assert whole.shape[-1] == 16
+    assert warmup == (0 if causal else 6)  # 12 input frames = 6 output frames
+    assert got.shape[-1] == 16 - warmup
+    torch.testing.assert_close(got, whole[..., :got.shape[-1]], atol=1e-5, rtol=0)
+    # the shortcut waits in the sum's FIFO: 6 output frames of 12 channels, or none at all
+    states, _ = ssum.stream_init(1, FrameSpec((8,)))
+    assert ssum._delays == ([0, 0] if causal else [6, 0])
+    if not causal:  # the shortcut branch's last state is its FIFO
+        assert states[ssum._counts[0] - 1].shape == (1, 12, 6)
 
 
 @pytest.mark.parametrize("name", ["tcresnet8", "res15"])

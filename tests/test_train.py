@@ -14,8 +14,8 @@ import torch
 
 from kwskit.cli import main as cli
 from kwskit.config import load_config
+from kwskit.models.io import read_checkpoint
 from kwskit.train.loop import fit
-from kwskit.train.run import read_checkpoint
 
 TINY = ["model.name=dscnn_s", "data.labels=[yes, no, up, down]", "train.batch_size=16",
         "optim.name=adam", "optim.lr=0.003", "optim.weight_decay=0", "schedule.name=constant",
@@ -51,6 +51,12 @@ def test_same_seed_same_weights(tiny_data, tmp_path):
     wa = read_checkpoint(tmp_path / "a/checkpoints/last.pt")["model"]
     wb = read_checkpoint(tmp_path / "b/checkpoints/last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # both checkpoints carry the architecture spec, as plain JSON (kwskit.models.io.arch_of)
+    for name in ("best", "last"):
+        arch = read_checkpoint(tmp_path / f"a/checkpoints/{name}.pt")["arch"]
+        assert json.loads(json.dumps(arch)) == arch
+        assert arch["name"] == "dscnn_s" and arch["input"] == "2d"
+        assert arch["args"]["num_classes"] == len(a["labels"]) and arch["args"]["in_features"] == 40
 
 
 def _kwskit(*args, **kw):

@@ -33,7 +33,7 @@ def evaluate_run(run: str | Path, data: str | Path, split: str = "test", batch_s
     from kwskit.data.speech_commands import scan_dataset
     from kwskit.eval.metrics import evaluate_scores
     from kwskit.eval.plots import plot_confusion, plot_far_frr
-    from kwskit.train.run import load_model, resolve_checkpoint
+    from kwskit.models.io import load_model, resolve_checkpoint
 
     if split not in SPLITS:
         raise KwsError(f"--split {split}: must be one of {', '.join(SPLITS)}")

@@ -13,13 +13,13 @@ def pipeline_for(target: str, num_classes: int = 12):
     """(pipeline, description) for a model name, a run directory or a checkpoint file."""
     p = Path(target)
     if p.exists():
-        from kwskit.train.run import load_model
+        from kwskit.models.io import load_model
 
         model, cfg, labels = load_model(p)
         return model, f"{cfg.model.name} from {p} ({len(labels)} classes)"
     from kwskit.config import ExperimentConfig, ModelConfig
     from kwskit.models.registry import list_models, model_info
-    from kwskit.train.run import build_pipeline
+    from kwskit.models.io import build_pipeline
 
     if target not in list_models():
         # create_model raises the helpful error (close matches, all names)

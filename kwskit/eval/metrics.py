@@ -2,8 +2,8 @@
 
 ``evaluate_scores`` turns per-clip class scores into one JSON-able report: accuracy, per-class
 precision / recall / F1, the confusion matrix, and for every keyword a one-vs-rest false-accept /
-false-reject sweep with its area and equal error rate. ``detection_metrics`` scores a streaming
-detector on long audio (hits, misses, false alarms per hour).
+false-reject sweep with its area and equal error rate. Detectors on long audio are scored by
+kwskit.eval.detection (hits, misses, false alarms per hour).
 
 Every number in the returned dicts is a plain ``int`` / ``float`` or ``None`` (never NaN), so
 ``json.dumps`` writes it as-is.
@@ -11,7 +11,6 @@ Every number in the returned dicts is a plain ``int`` / ``float`` or ``None`` (n
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -233,46 +232,3 @@ def evaluate_scores(scores, targets, labels: Sequence[str], logits: bool = False
         if name not in NON_KEYWORD_LABELS:
             report["far_frr"][name] = keyword_far_frr(scores, targets, k, max_curve_points)
     return report
-
-
-def detection_metrics(detections: Sequence[float], references: Sequence[float],
-                      duration_s: float, tolerance_s: float = 0.5) -> dict:
-    """Score keyword detections on long audio against reference keyword times (one keyword).
-
-    Args:
-        detections: times (s) at which the detector fired.
-        references: times (s) at which the keyword was spoken (e.g. word centres).
-        duration_s: length of the audio in seconds (for false alarms per hour).
-        tolerance_s: a detection within this many seconds of a reference counts as a hit.
-
-    Each reference is matched to at most one detection (greedy, nearest first); unmatched
-    detections are false alarms. Returns {hits, misses, false_alarms, frr (misses / references,
-    null when none), fa_per_hour, duration_s}.
-    """
-    if not (math.isfinite(duration_s) and duration_s > 0):
-        raise KwsError(f"duration_s: must be a positive number of seconds, got {duration_s}")
-    if tolerance_s < 0:
-        raise KwsError(f"tolerance_s: must be >= 0, got {tolerance_s}")
-    det = np.sort(np.asarray(detections, np.float64))
-    ref = np.sort(np.asarray(references, np.float64))
-    pairs = []  # (distance, ref index, det index) for every pair within the tolerance
-    for i, r in enumerate(ref):
-        lo = np.searchsorted(det, r - tolerance_s, side="left")
-        hi = np.searchsorted(det, r + tolerance_s, side="right")
-        pairs.extend((abs(det[j] - r), i, j) for j in range(lo, hi))
-    pairs.sort()
-    used_r, used_d = set(), set()
-    for _, i, j in pairs:
-        if i not in used_r and j not in used_d:
-            used_r.add(i)
-            used_d.add(j)
-    hits = len(used_r)
-    fa = len(det) - len(used_d)
-    return {
-        "hits": hits,
-        "misses": int(len(ref) - hits),
-        "false_alarms": int(fa),
-        "frr": _ratio(len(ref) - hits, len(ref)),
-        "fa_per_hour": float(fa * 3600.0 / duration_s),
-        "duration_s": float(duration_s),
-    }

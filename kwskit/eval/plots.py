@@ -1,4 +1,5 @@
-"""Evaluation plots: confusion matrix heat map and per-keyword FAR/FRR (DET-style) curves.
+"""Evaluation plots: confusion matrix heat map, per-keyword FAR/FRR (DET-style) curves of
+clips, streaming DET curves (false rejects vs false alarms per hour), accuracy vs cost.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no
 global backend change) and written as PNG atomically.
@@ -15,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
 from kwskit.errors import KwsError
+from kwskit.eval.detection import det_envelope
 from kwskit.fsutil import atomic_path
 
 
@@ -153,6 +155,50 @@ def _colors(n: int) -> list:
     if n <= 20:
         return [colormaps["tab20"](i) for i in range(n)]
     return [colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def _light_axes(ax, xlabel: str, ylabel: str) -> None:
+    """Labels, a faint grid behind the data, no top/right frame: the look of the stream plots."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, color="0.92")
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def plot_det(result: dict, path: str | os.PathLike, title: str | None = None):
+    """DET curves (false-reject rate vs false alarms per hour, symlog x) as PNG, overall in
+    black, one coloured line per keyword (each the ``det_envelope`` of its sweep); the 1 FA/h
+    line is marked. Returns the saved figure."""
+    fig = Figure(figsize=(7.5, 5.4))
+    ax = fig.add_subplot()
+    kws = [k for k in result["curves"] if k != "overall"]
+    for k, color in zip(kws, _colors(len(kws))):
+        c = result["curves"][k]
+        if result["occurrences"].get(k):
+            x, y = det_envelope(c["fa_per_hour"], c["frr"])
+            ax.plot(x, 100 * y, color=color, linewidth=1.0, alpha=0.8,
+                    label=f"{k} ({result['occurrences'][k]})", drawstyle="steps-post")
+    c = result["curves"]["overall"]
+    x, y = det_envelope(c["fa_per_hour"], c["frr"])
+    ax.plot(x, 100 * y, color="black", linewidth=2.2,
+            label=f"overall ({result['occurrences']['overall']})", drawstyle="steps-post")
+    ax.axvline(1.0, color="0.5", linestyle=":", linewidth=1)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
+    # below 0 and above 100: a keyword with no misses (or all missed) stays visible instead
+    # of running along the axis itself
+    ax.set_ylim(-3, 103)
+    ax.set_yticks(range(0, 101, 20))
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
+    _light_axes(ax, "false alarms per hour (symlog)", "false rejects (% of keyword occurrences)")
+    minutes = result["duration_s"] / 60.0
+    ax.set_title(title or f"Streaming DET, {minutes:.0f} min stream", fontsize=11)
+    ax.legend(fontsize=7.5, frameon=False, loc="upper right", title="keyword (occurrences)",
+              title_fontsize=7.5, ncol=1 if len(kws) <= 12 else 2)
+    _save(fig, path)
+    return fig
 
 
 def plot_pareto(points: Sequence[dict], path: str | os.PathLike, title: str | None = None,

@@ -4,18 +4,20 @@
 See ``kwskit.layers.base`` for the contract (time on the last axis, ``stride``, ``lookahead``).
 """
 
-from kwskit.layers.base import (FrameWise, FreqMean, Identity, StreamModule, check_framewise,
-                                checked, empty_output, stream_step, total_lookahead)
+from kwskit.layers.base import (FrameSpec, FrameWise, FreqMean, Identity, StreamModule,
+                                check_framewise, checked, mask_warmup, stream_init_of,
+                                stream_step, total_lookahead)
 from kwskit.layers.classifier import StreamClassifier
-from kwskit.layers.containers import Residual, StreamSequential, StreamSum
-from kwskit.layers.conv import (Delay, StreamConv1d, StreamConv2d, StreamPool1d, StreamPool2d,
-                                TimeWindow, split_padding)
+from kwskit.layers.containers import Add, Residual, StreamSequential, StreamSum
+from kwskit.layers.conv import (Delay, Frames, StreamConv1d, StreamConv2d, StreamPool1d,
+                                StreamPool2d, TimeWindow, split_padding)
 from kwskit.layers.norm import SubSpectralNorm
 from kwskit.layers.pool import TimePool
 
 __all__ = [
-    "Delay", "FrameWise", "FreqMean", "Identity", "Residual", "StreamClassifier",
-    "StreamConv1d", "StreamConv2d", "StreamModule", "StreamPool1d", "StreamPool2d",
-    "StreamSequential", "StreamSum", "SubSpectralNorm", "TimePool", "TimeWindow", "check_framewise",
-    "checked", "empty_output", "stream_step", "split_padding", "total_lookahead",
+    "Add", "Delay", "FrameSpec", "FrameWise", "Frames", "FreqMean", "Identity", "Residual",
+    "StreamClassifier", "StreamConv1d", "StreamConv2d", "StreamModule", "StreamPool1d",
+    "StreamPool2d", "StreamSequential", "StreamSum", "SubSpectralNorm", "TimePool", "TimeWindow",
+    "check_framewise", "checked", "mask_warmup", "stream_init_of", "stream_step",
+    "split_padding", "total_lookahead",
 ]

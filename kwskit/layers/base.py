@@ -5,10 +5,18 @@ Tensors carry time on the LAST axis: (batch, channels, frames) or (batch, channe
 A ``StreamModule`` runs in two modes with the same weights:
 
 - ``forward(x)``: the whole sequence at once; the module pads time itself.
-- ``step(x_new, state) -> (y_new, state)``: ``x_new`` holds any number of NEW frames (0 too);
-  ``y_new`` holds every output frame that became computable. ``init_state(batch)`` gives the
-  state to start from. Chunks fed one after another give the same frames as ``forward`` on the
-  concatenation, except the last few that ``forward`` computes from its end-of-signal padding.
+- streaming: ``states, spec = stream_init(batch, spec_in)`` once, then
+  ``y, states = step(x, states)`` per chunk. ``states`` is a flat tuple of tensors whose shapes
+  are fixed by the layer (ring buffers of past frames, counters, hidden states): no None, no
+  Python numbers, no shapes found from the first chunk, so ``torch.export`` and the ONNX
+  exporter take ``step`` as it is.
+
+Fixed shapes mean a fixed rhythm: every step takes ``n`` new frames, ``n`` a multiple of the
+layer's ``stride``, and returns exactly ``n / stride`` frames. A layer that needs look-ahead
+therefore answers late: its first output frames stand for times before the stream began
+("warm-up" frames). ``FrameSpec.warmup`` counts them; the next layer that looks along time
+replaces them by its padding value (``mask_warmup``), so every later frame equals ``forward``
+on the whole sequence exactly, shifted by the warm-up. The model's total warm-up is its delay.
 
 Two static attributes describe the timing, in frames of the module's INPUT:
 
@@ -16,58 +24,77 @@ Two static attributes describe the timing, in frames of the module's INPUT:
 - ``lookahead``: future input frames output frame j needs, i.e. it is computable once input
   frame ``j * stride + lookahead`` has arrived. ('same' padding -> right half of the kernel,
   'causal' -> 0.)
-
-State is plain Python data (None, tensors, lists, dicts) returned anew by every step.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+States = tuple  # a flat tuple of tensors
 
-def empty_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A 0-frame tensor shaped like ``module``'s output for inputs shaped like ``x``.
 
-    The frame shape is found by running ``module`` on a 1-frame tensor on the ``meta`` device
-    (no compute, no running-stat updates) and cached on the module.
-    """
-    cache = module.__dict__.setdefault("_kws_frame_shapes", {})
-    key = (tuple(x.shape[:-1]), x.dtype, tuple(tuple(p.shape) for p in module.parameters()))
-    shape = cache.get(key)
-    if shape is None:
-        tensors = {k: v.to("meta") for k, v in module.named_parameters()}
-        tensors.update({k: v.to("meta") for k, v in module.named_buffers()})
-        probe = torch.empty(*x.shape[:-1], 1, dtype=x.dtype, device="meta")
-        shape = tuple(functional_call(module, tensors, (probe,)).shape[:-1])
-        cache[key] = shape
-    return x.new_empty(shape + (0,))
+@dataclass(frozen=True)
+class FrameSpec:
+    """What flows from one layer to the next in a stream: the shape of one frame (no batch,
+    no time axis) and how many leading frames are warm-up (before the stream began)."""
+
+    shape: tuple
+    warmup: int = 0
+
+
+def frame_shape(module: nn.Module, shape: tuple, frames: int = 1) -> tuple:
+    """Shape of one output frame of ``module`` for input frames of ``shape``, found by running
+    it on ``frames`` frames on the ``meta`` device (no compute, no running-stat updates)."""
+    tensors = {k: v.to("meta") for k, v in module.named_parameters()}
+    tensors.update({k: v.to("meta") for k, v in module.named_buffers()})
+    dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+    probe = torch.empty(1, *shape, frames, device="meta", dtype=dtype)
+    return tuple(functional_call(module, tensors, (probe,)).shape[1:-1])
+
+
+def mask_warmup(x: torch.Tensor, left: torch.Tensor, value: float):
+    """Replace the first ``left`` frames of ``x`` (warm-up, before the stream began) by
+    ``value``; returns (x, frames still to replace). ``left`` is a 1-element int64 tensor."""
+    n = x.shape[-1]
+    keep = torch.arange(n, device=x.device) >= left
+    x = torch.where(keep, x, torch.full((), value, dtype=x.dtype, device=x.device))
+    return x, torch.clamp(left - n, min=0)
+
+
+def warmup_counter(warmup: int, device=None) -> torch.Tensor:
+    return torch.full((1,), int(warmup), dtype=torch.int64, device=device)
 
 
 class StreamModule(nn.Module):
     """Base class of layers that run both on whole sequences and chunk by chunk.
 
-    Subclasses implement ``forward`` and ``step``, and set ``stride`` / ``lookahead``
-    (or override them as properties).
+    Subclasses implement ``forward``, ``stream_init`` and ``step``, and set ``stride`` /
+    ``lookahead`` (or override them as properties).
     """
 
     stride: int = 1
     lookahead: int = 0
 
-    def init_state(self, batch: int, device=None, dtype=None):
-        """State before any frame arrived (None for stateless modules)."""
-        return None
+    def stream_init(self, batch: int, spec: FrameSpec, device=None,
+                    dtype=None) -> tuple[States, FrameSpec]:
+        """(initial states, spec of the output frames) for ``batch`` streams whose input
+        frames follow ``spec``. Stateless by default."""
+        return (), FrameSpec(frame_shape(self, spec.shape), spec.warmup)
 
-    def step(self, x: torch.Tensor, state):
-        """Process ``x`` (new frames only); returns (new output frames, new state)."""
+    def step(self, x: torch.Tensor, states: States) -> tuple[torch.Tensor, States]:
+        """Process ``x`` (new frames only); returns (new output frames, new states)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement step()")
 
-    def empty_output(self, x: torch.Tensor) -> torch.Tensor:
-        """A 0-frame output for inputs shaped like ``x`` (see ``empty_output``)."""
-        return empty_output(self, x)
+    def _check_chunk(self, x: torch.Tensor) -> None:
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling() \
+                and x.shape[-1] % self.stride:
+            raise ValueError(f"{type(self).__name__}: chunks must hold a multiple of "
+                             f"{self.stride} frames (its stride), got {x.shape[-1]}")
 
 
 # Modules that mix time or keep a hidden state: never frame-wise.
@@ -126,10 +153,8 @@ class FrameWise(StreamModule):
     def forward(self, x):
         return self.module(x)
 
-    def step(self, x, state=None):
-        if x.shape[-1] == 0:
-            return self.empty_output(x), state
-        return self.module(x), state
+    def step(self, x, states=()):
+        return self.module(x), states
 
 
 class Identity(StreamModule):
@@ -138,8 +163,11 @@ class Identity(StreamModule):
     def forward(self, x):
         return x
 
-    def step(self, x, state=None):
-        return x, state
+    def stream_init(self, batch, spec, device=None, dtype=None):
+        return (), spec
+
+    def step(self, x, states=()):
+        return x, states
 
 
 class FreqMean(nn.Module):
@@ -179,19 +207,19 @@ def lookahead_of(module: nn.Module) -> int:
     return module.lookahead if isinstance(module, StreamModule) else 0
 
 
-def init_state_of(module: nn.Module, batch: int, device=None, dtype=None):
+def stream_init_of(module: nn.Module, batch: int, spec: FrameSpec, device=None,
+                   dtype=None) -> tuple[States, FrameSpec]:
+    """``module.stream_init`` for a StreamModule; a frame-wise module has no state."""
     if isinstance(module, StreamModule):
-        return module.init_state(batch, device, dtype)
-    return None
+        return module.stream_init(batch, spec, device, dtype)
+    return (), FrameSpec(frame_shape(module, spec.shape), spec.warmup)
 
 
-def stream_step(module: nn.Module, x: torch.Tensor, state):
+def stream_step(module: nn.Module, x: torch.Tensor, states: States):
     """``module.step`` for a StreamModule; a frame-wise module is just applied."""
     if isinstance(module, StreamModule):
-        return module.step(x, state)
-    if x.shape[-1] == 0:
-        return empty_output(module, x), state
-    return module(x), state
+        return module.step(x, states)
+    return module(x), states
 
 
 def total_lookahead(layers: Iterable[nn.Module]) -> int:

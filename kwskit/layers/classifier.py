@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kwskit.errors import KwsError
-from kwskit.layers.base import StreamModule
+from kwskit.layers.base import FrameSpec, StreamModule
 from kwskit.layers.pool import TimePool
 
 
@@ -65,7 +65,7 @@ class StreamClassifier(nn.Module):
 
     # ---------------------------------------------------------------- checks
     def _check(self, x: torch.Tensor, min_frames: int = 1) -> None:
-        if torch.jit.is_tracing():  # shapes are fixed by the example input when exporting
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # fixed when exporting
             return
         if self.input_kind == "2d":
             ok = x.dim() == 4 and x.shape[1] == 1 and x.shape[2] == self.in_features
@@ -107,21 +107,30 @@ class StreamClassifier(nn.Module):
         return self._apply_head(self.pool.frames(self.body(self._body_input(x)), window))
 
     # ---------------------------------------------------------------- streaming
-    def init_state(self, batch: int = 1, window: int | None = None, device=None, dtype=None):
-        """Streaming state for ``batch`` streams pooling over ``window`` body frames."""
+    def stream_init(self, batch: int, window: int, spec: FrameSpec | None = None, device=None,
+                    dtype=None) -> tuple[tuple, FrameSpec]:
+        """States for ``batch`` streams pooling over ``window`` body frames, for input frames
+        of ``spec`` (default: this model's features, no warm-up). Returns (states, spec of
+        the logits frames): ``spec.warmup`` leading logits frames are warm-up."""
         if not self.streamable:
             raise KwsError(f"{self.model_name} cannot stream: {self.stream_note}")
-        return {"body": self.body.init_state(batch, device, dtype),
-                "pool": self.pool.init_state(batch, device, dtype, window=window)}
+        if spec is None:
+            spec = FrameSpec({"2d": (1, self.in_features), "1d": (self.in_features,),
+                              "wave": (1,)}[self.input_kind])
+        body, spec = self.body.stream_init(batch, spec, device, dtype)
+        pool, spec = self.pool.stream_init(batch, spec, window, device, dtype)
+        self._n_body = len(body)
+        return tuple(body) + tuple(pool), FrameSpec((self.num_classes_out(),), spec.warmup)
 
-    def step(self, x: torch.Tensor, state):
-        """Feed new feature frames; returns (logits (B, classes, n_new), state).
+    def num_classes_out(self) -> int:
+        lin = [m for m in self.head.modules() if isinstance(m, nn.Linear)]
+        return int(lin[-1].out_features) if lin else 0
 
-        ``n_new`` counts the frames that became computable (0 is normal: strides and
-        look-ahead). Concatenated over a stream they equal ``forward_frames`` on the whole
-        input, except the last frames that need input past its end.
-        """
-        self._check(x, min_frames=0)
-        h, body_state = self.body.step(self._body_input(x), state["body"])
-        h, pool_state = self.pool.step(h, state["pool"])
-        return self._apply_head(h), {"body": body_state, "pool": pool_state}
+    def step(self, x: torch.Tensor, states: tuple):
+        """Feed new feature frames (a multiple of ``frame_stride``); returns (logits
+        (B, classes, n / frame_stride), states). See kwskit.layers.base for warm-up."""
+        self._check(x)
+        nb = self._n_body
+        h, body = self.body.step(self._body_input(x), tuple(states[:nb]))
+        h, pool = self.pool.step(h, tuple(states[nb:]))
+        return self._apply_head(h), tuple(body) + tuple(pool)

@@ -7,8 +7,17 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from kwskit.layers.base import (Identity, StreamModule, checked, init_state_of, lookahead_of,
-                                stream_step, stride_of, total_lookahead)
+from kwskit.layers.base import (FrameSpec, Identity, StreamModule, checked, lookahead_of,
+                                stream_init_of, stream_step, stride_of, total_lookahead)
+
+
+def _split(states: tuple, counts: list[int]) -> list[tuple]:
+    """Cut a flat state tuple into consecutive parts of ``counts`` tensors."""
+    parts, i = [], 0
+    for c in counts:
+        parts.append(tuple(states[i:i + c]))
+        i += c
+    return parts
 
 
 class StreamSequential(StreamModule):
@@ -56,15 +65,30 @@ class StreamSequential(StreamModule):
             x = m(x)
         return x
 
-    def init_state(self, batch: int, device=None, dtype=None):
-        return [init_state_of(m, batch, device, dtype) for m in self]
+    def stream_init(self, batch, spec, device=None, dtype=None):
+        states, counts = [], []
+        for m in self:
+            st, spec = stream_init_of(m, batch, spec, device, dtype)
+            states += st
+            counts.append(len(st))
+        self._counts = counts
+        return tuple(states), spec
 
-    def step(self, x, state):
-        new_state = []
-        for m, s in zip(self, state):
-            x, s = stream_step(m, x, s)
-            new_state.append(s)
-        return x, new_state
+    def step(self, x, states):
+        self._check_chunk(x)
+        new = []
+        for m, st in zip(self, _split(states, self._counts)):
+            x, st = stream_step(m, x, st)
+            new += st
+        return x, tuple(new)
+
+
+class Add(nn.Module):
+    """``a + b`` (broadcasting) as a module, so quantizers and graph tools see every residual
+    add as a node of its own (FloatFunctional-style observers, QDQ placement)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
 
 
 class StreamSum(StreamModule):
@@ -72,11 +96,10 @@ class StreamSum(StreamModule):
 
     Branch outputs are added with broadcasting, so a (B, C, 1, T) branch adds onto a
     (B, C, F, T) one. Every branch must have the same stride. Branches may differ in
-    look-ahead: in streaming mode the sum keeps each branch's frames that arrived early in a
-    pending queue until every branch has produced them -- which is exactly a ``Delay`` of the
-    look-ahead difference on the faster branch, and also works when that difference is not a
-    multiple of the stride. Whole-sequence mode needs no delay: 'same'/'causal' padding keeps
-    every branch aligned frame for frame.
+    look-ahead: in streaming mode a branch with less warm-up than the slowest is delayed by a
+    FIFO of the difference (a state tensor), so the frames added belong to the same time.
+    Whole-sequence mode needs no delay: 'same'/'causal' padding keeps every branch aligned
+    frame for frame.
     """
 
     def __init__(self, *branches: nn.Module):
@@ -84,6 +107,7 @@ class StreamSum(StreamModule):
         if len(branches) < 2:
             raise ValueError("StreamSum needs at least two branches")
         self.branches = nn.ModuleList(checked(b) for b in branches)
+        self.add = Add()
         strides = {stride_of(b) for b in self.branches}
         if len(strides) != 1:
             raise ValueError(f"StreamSum branches have different time strides {sorted(strides)}")
@@ -100,26 +124,36 @@ class StreamSum(StreamModule):
         out = None
         for b in self.branches:
             y = b(x)
-            out = y if out is None else out + y
+            out = y if out is None else self.add(out, y)
         return out
 
-    def init_state(self, batch: int, device=None, dtype=None):
-        return {"branches": [init_state_of(b, batch, device, dtype) for b in self.branches],
-                "pending": [None] * len(self.branches)}
+    def stream_init(self, batch, spec, device=None, dtype=None):
+        inits = [stream_init_of(b, batch, spec, device, dtype) for b in self.branches]
+        warmup = max(out.warmup for _, out in inits)
+        states, counts, delays = [], [], []
+        for st, out in inits:
+            delay = warmup - out.warmup
+            fifo = (torch.zeros((batch, *out.shape, delay), device=device, dtype=dtype),) \
+                if delay else ()
+            states += [*st, *fifo]
+            counts.append(len(st) + len(fifo))
+            delays.append(delay)
+        self._counts, self._delays = counts, delays
+        shape = torch.broadcast_shapes(*[(1, *out.shape) for _, out in inits])[1:]
+        return tuple(states), FrameSpec(tuple(shape), warmup)
 
-    def step(self, x, state):
-        outs, branch_states = [], []
-        for b, s, pend in zip(self.branches, state["branches"], state["pending"]):
-            y, s = stream_step(b, x, s)
-            branch_states.append(s)
-            outs.append(y if pend is None else torch.cat([pend, y], dim=-1))
-        n = min(y.shape[-1] for y in outs)
-        total = None
-        for y in outs:
-            part = y[..., :n]
-            total = part if total is None else total + part
-        pending = [y[..., n:] for y in outs]
-        return total, {"branches": branch_states, "pending": pending}
+    def step(self, x, states):
+        total, new = None, []
+        for b, st, delay in zip(self.branches, _split(states, self._counts), self._delays):
+            fifo = st[-1] if delay else None
+            y, st = stream_step(b, x, st[:-1] if delay else st)
+            new += st
+            if delay:  # FIFO of `delay` frames: the oldest go out, the newest come in
+                y = torch.cat([fifo, y], dim=-1)
+                new.append(y[..., y.shape[-1] - delay:])
+                y = y[..., : y.shape[-1] - delay]
+            total = y if total is None else self.add(total, y)
+        return total, tuple(new)
 
 
 class Residual(StreamSum):

@@ -8,11 +8,13 @@ explicit, so frame alignment is too:
                 (PyTorch's padding="same" split; output j is centred on input j*stride)
 - ``"causal"``: pad_left = total, pad_right = 0 (output j sees inputs <= j*stride only)
 
-``forward`` pads time and runs the op with no time padding ("valid"). ``step`` keeps a buffer of
-pending input frames that starts as ``pad_left`` padding frames, appends the new frames, runs
-the valid op on every complete window and drops the ``n_out * stride`` frames no later window
-needs. So stride, dilation and phase come out right for any chunking, and ``lookahead`` equals
-``pad_right``.
+``forward`` pads time and runs the op with no time padding ("valid"). In a stream, the state is
+a ring buffer of the last ``buffer_len`` input frames (it starts as padding) and, when the input
+has warm-up frames, a counter of those still to replace by padding. Each step appends the ``n``
+new frames, runs the valid op on the ``n / stride`` windows that end in them and keeps the last
+``buffer_len`` frames. ``buffer_len`` >= ``k_eff - stride`` is chosen so that the windows line
+up with ``forward``'s (stride phase included); the frames the op still lacks at the end of a
+step become this layer's warm-up (``pad_right`` frames, rounded up to the stride).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kwskit.layers.base import StreamModule
+from kwskit.layers.base import (FrameSpec, StreamModule, frame_shape, mask_warmup,
+                                warmup_counter)
 
 PADDINGS = ("same", "causal")
 
@@ -87,24 +90,41 @@ class TimeWindow(StreamModule):
         x = F.pad(x, (self.pad_left, self.pad_right), value=self.pad_value)
         return self._valid(x)
 
-    def step(self, x, state):
-        """State: (pending frames, frames still to skip). Skipping is needed when the stride
-        exceeds the window (e.g. a 1x1 conv with stride 2): the next window then starts
-        past the frames buffered so far."""
-        if state is None:  # fresh stream: the left padding, shaped like the first chunk
-            state = (x.new_full(tuple(x.shape[:-1]) + (self.pad_left,), self.pad_value), 0)
-        buf, skip = state
-        if skip:
-            drop = min(skip, x.shape[-1])
-            x, skip = x[..., drop:], skip - drop
-        buf = torch.cat([buf, x], dim=-1) if x.shape[-1] else buf
-        length, k, s = buf.shape[-1], self.k_eff, self.time_stride
-        n = (length - k) // s + 1 if length >= k else 0
-        if n == 0:
-            return self.empty_output(x), (buf, skip)
-        y = self._valid(buf[..., : (n - 1) * s + k])
-        consumed = n * s
-        return y, (buf[..., consumed:].contiguous(), skip + max(0, consumed - length))
+    def buffer_len(self, warmup: int) -> int:
+        """Frames kept between steps: the least L >= k_eff - stride that puts window starts
+        on forward's grid (L + warmup - pad_left divisible by the stride)."""
+        s = self.time_stride
+        length = max(0, self.k_eff - s)
+        return length + (self.pad_left - warmup - length) % s
+
+    def stream_init(self, batch, spec, device=None, dtype=None):
+        length = self.buffer_len(spec.warmup)
+        states = []
+        if length:
+            states.append(torch.full((batch, *spec.shape, length), self.pad_value,
+                                     device=device, dtype=dtype))
+        if spec.warmup:
+            states.append(warmup_counter(spec.warmup, device))
+        self._plan = (length, bool(spec.warmup))  # static for this layer in this model
+        out = FrameSpec(frame_shape(self, spec.shape, self.k_eff),
+                        (length + spec.warmup - self.pad_left) // self.time_stride)
+        return tuple(states), out
+
+    def step(self, x, states):
+        self._check_chunk(x)
+        length, masked = self._plan
+        buf = states[0] if length else None
+        new = []
+        if masked:
+            x, left = mask_warmup(x, states[-1], self.pad_value)
+        if buf is not None:
+            x = torch.cat([buf, x], dim=-1)
+            new.append(x[..., x.shape[-1] - length:])
+        if masked:
+            new.append(left)
+        k, s = self.k_eff, self.time_stride
+        n_out = (x.shape[-1] - length) // s
+        return self._valid(x[..., : (n_out - 1) * s + k]), tuple(new)
 
 
 class StreamConv1d(TimeWindow):
@@ -234,3 +254,24 @@ class Delay(TimeWindow):
 
     def extra_repr(self) -> str:
         return f"n={self.n}"
+
+
+class Frames(TimeWindow):
+    """Cuts (batch, 1, samples) into analysis frames (batch, win, n): frame j covers padded
+    samples ``[j*hop, j*hop + win)``, i.e. input samples from ``j*hop - pad_left``. The
+    framing of a spectral front-end as a streaming layer: its sample buffer is a state like
+    any other, and the front-end turns each frame into features."""
+
+    def __init__(self, win: int, hop: int, pad_left: int = 0):
+        super().__init__()
+        if not 0 <= pad_left < win:
+            raise ValueError(f"Frames: pad_left must be in [0, {win}), got {pad_left}")
+        self.win, self.hop = int(win), int(hop)
+        self.k_eff, self.time_stride, self.padding_mode = self.win, self.hop, "frames"
+        self.pad_left, self.pad_right = int(pad_left), self.win - 1 - int(pad_left)
+
+    def _valid(self, x):
+        return x[:, 0].unfold(-1, self.win, self.hop).transpose(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"win={self.win}, hop={self.hop}, pad_left={self.pad_left}"

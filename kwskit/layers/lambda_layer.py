@@ -19,7 +19,8 @@ number of frames (no T x T map). Which frames are the context:
   Frame 0 then depends on the last frame, so the layer cannot stream; ``step`` refuses.
 - ``context=W``: a causal sliding window, frames ``[n-W+1, n]`` (fewer at the start: missing
   frames are masked out of the softmax, not zero-filled). Then the layer streams exactly:
-  ``step`` keeps the last keys/values and recomputes the window for every new frame.
+  its state keeps the keys/values of the last ``past + lookahead`` frames and the queries of
+  the last ``lookahead`` ones; warm-up input frames become -inf keys and zero values.
 
 The position window follows ``padding``: "same" looks ``(m-1)//2`` frames back and
 ``m-1-(m-1)//2`` ahead (its ``lookahead``), "causal" looks ``m-1`` frames back only. Values
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kwskit.errors import KwsError
-from kwskit.layers.base import StreamModule
+from kwskit.layers.base import FrameSpec, StreamModule, mask_warmup, warmup_counter
 from kwskit.layers.conv import split_padding
 
 NEG_INF = float("-inf")
@@ -141,27 +142,36 @@ class LambdaLayer1d(StreamModule):
         return y + self._position(q, F.pad(v, (self.pad_left, self.pad_right)))
 
     # ---------------------------------------------------------------- streaming
-    def step(self, x: torch.Tensor, state):
-        """State: (keys, values) of frames ``[next - past, newest]`` and the queries of the
-        frames still waiting for their look-ahead; None on a fresh stream."""
+    def stream_init(self, batch, spec, device=None, dtype=None):
         if self.context is None:
             raise KwsError("LambdaLayer1d with context=None summarises the whole input; "
                            "it cannot stream (build it with context=<frames>)")
-        b = x.shape[0]
-        if state is None:
-            state = (x.new_full((b, self.k, self.u, self.past), NEG_INF),
-                     x.new_zeros((b, self.v, self.u, self.past)),
-                     x.new_zeros((b, self.heads, self.k, 0)))
-        if x.shape[-1] == 0:
-            return x.new_zeros((b, self.d_out, 0)), state
-        k_buf, v_buf, q_buf = state
+        keep, r = self.past + self.pad_right, self.pad_right
+        states = [torch.full((batch, self.k, self.u, keep), NEG_INF, device=device, dtype=dtype),
+                  torch.zeros((batch, self.v, self.u, keep), device=device, dtype=dtype)]
+        if r:
+            states.append(torch.zeros((batch, self.heads, self.k, r), device=device, dtype=dtype))
+        if spec.warmup:
+            states.append(warmup_counter(spec.warmup, device))
+        self._plan = (bool(r), bool(spec.warmup))
+        return tuple(states), FrameSpec((self.d_out,), spec.warmup + r)
+
+    def step(self, x: torch.Tensor, states):
+        """Output i of a step is centred on key/value frame ``past + i`` of the buffer plus
+        the new frames; its query comes ``lookahead`` frames late, hence the query buffer."""
+        has_q, masked = self._plan
+        k_buf, v_buf = states[0], states[1]
+        n = x.shape[-1]
         q, k, v = self._project(x)
-        k_buf, v_buf = torch.cat([k_buf, k], -1), torch.cat([v_buf, v], -1)
-        q_buf = torch.cat([q_buf, q], -1)
-        n = q_buf.shape[-1] - self.pad_right
-        if n <= 0:
-            return x.new_zeros((b, self.d_out, 0)), (k_buf, v_buf, q_buf)
-        end = self.past + n + self.pad_right
-        y = self._windowed(q_buf[..., :n], k_buf[..., :end], v_buf[..., :end])
-        return y, (k_buf[..., n:].contiguous(), v_buf[..., n:].contiguous(),
-                   q_buf[..., n:].contiguous())
+        new_left = ()
+        if masked:
+            k, left = mask_warmup(k, states[-1], NEG_INF)
+            v, _ = mask_warmup(v, states[-1], 0.0)
+            new_left = (left,)
+        k_all, v_all = torch.cat([k_buf, k], -1), torch.cat([v_buf, v], -1)
+        q_all = torch.cat([states[2], q], -1) if has_q else q
+        y = self._windowed(q_all[..., :n], k_all, v_all)
+        new = [k_all[..., n:], v_all[..., n:]]
+        if has_q:
+            new.append(q_all[..., n:])
+        return y, tuple(new) + new_left

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kwskit.layers.base import FrameSpec
+
 
 class TimePool(nn.Module):
     """Average, max or last frame over the time (last) axis.
@@ -14,8 +16,9 @@ class TimePool(nn.Module):
     - ``frames(x, window)``: per-frame pooling over a causal sliding window; (..., T) ->
       (..., T). Frame t pools frames ``[max(0, t-window+1), t]`` (fewer at the start);
       ``window=None`` pools every frame so far.
-    - ``init_state`` / ``step``: the same as ``frames`` chunk by chunk. A fixed window keeps
-      the last ``window - 1`` frames; ``window=None`` keeps a running sum (or max) and count.
+    - ``stream_init`` / ``step``: the same as ``frames`` chunk by chunk, for a fixed window:
+      the state is the last ``window - 1`` frames and a counter of the frames seen (for the
+      average's divisor at the start; it also blanks the input's warm-up frames).
 
     On a clip of T frames, ``frames(x, T)[..., -1]`` equals ``forward(x)``. Mode "last" (for
     recurrent bodies whose last frame already summarises the past) ignores the window.
@@ -64,36 +67,32 @@ class TimePool(nn.Module):
             return torch.cumsum(x, dim=-1) / count
         return self._windowed(F.pad(x, (window - 1, 0), value=self._pad_value()), window, 0)
 
-    def init_state(self, batch: int, device=None, dtype=None, window: int | None = None):
+    def stream_init(self, batch: int, spec: FrameSpec, window: int, device=None, dtype=None):
+        """States (last window-1 frames, frames seen so far counted from -warmup, capped at
+        the window) and the output spec (same shape, same warm-up)."""
         self._check_window(window)
-        return {"window": window, "buf": None, "seen": 0}
-
-    def step(self, x, state):
-        window, seen, buf = state["window"], state["seen"], state["buf"]
-        n = x.shape[-1]
+        if window is None:
+            raise ValueError("streaming pools over a fixed window of frames, not window=None")
         if self.mode == "last":
-            return x, state
-        if window is None:  # running sum / max and count
-            if n == 0:
-                return x, state
-            if self.mode == "max":
-                run = torch.cummax(x, dim=-1).values
-                if buf is not None:
-                    run = torch.maximum(run, buf.unsqueeze(-1))
-            else:
-                run = torch.cumsum(x, dim=-1)
-                if buf is not None:
-                    run = run + buf.unsqueeze(-1)
-            out = run
-            if self.mode == "avg":
-                count = torch.arange(seen + 1, seen + n + 1, device=x.device, dtype=x.dtype)
-                out = run / count
-            return out, {"window": None, "buf": run[..., -1], "seen": seen + n}
-        if buf is None:
-            buf = x.new_full(tuple(x.shape[:-1]) + (window - 1,), self._pad_value())
-        if n == 0:
-            return x, {"window": window, "buf": buf, "seen": seen}
+            return (), spec
+        buf = torch.full((batch, *spec.shape, window - 1), self._pad_value(), device=device,
+                         dtype=dtype)
+        seen = torch.full((1,), -int(spec.warmup), dtype=torch.int64, device=device)
+        return (buf, seen), spec
+
+    def step(self, x, states):
+        if self.mode == "last":
+            return x, states
+        buf, seen = states
+        window = buf.shape[-1] + 1
+        n = x.shape[-1]
+        pos = seen + torch.arange(n, device=x.device)  # each new frame's index in the stream
+        x = torch.where(pos >= 0, x, torch.full((), self._pad_value(), dtype=x.dtype,
+                                                device=x.device))
         padded = torch.cat([buf, x], dim=-1)
-        out = self._windowed(padded, window, seen)
-        keep = padded[..., padded.shape[-1] - (window - 1):].contiguous()
-        return out, {"window": window, "buf": keep, "seen": seen + n}
+        win = padded.unfold(-1, window, 1)
+        if self.mode == "max":
+            out = win.amax(dim=-1)
+        else:
+            out = win.sum(dim=-1) / torch.clamp(pos + 1, 1, window).to(x.dtype)
+        return out, (padded[..., n:], torch.clamp(seen + n, max=window))

@@ -3,7 +3,7 @@ chunk, and the attention pooling that usually sits on top of it (CRNN keyword sp
 
 ``StreamGRU`` is a StreamModule (``forward`` / ``step``); ``AttentionPool`` has TimePool's
 interface (``forward`` pools a clip, ``frames`` pools a causal sliding window per frame,
-``init_state`` / ``step`` do the same chunk by chunk) so a StreamClassifier can use it as its
+``stream_init`` / ``step`` do the same chunk by chunk) so a StreamClassifier can use it as its
 ``pool``.
 """
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kwskit.layers.base import StreamModule
+from kwskit.layers.base import FrameSpec, StreamModule, warmup_counter
 
 NEG_INF = float("-inf")
 
@@ -40,18 +40,26 @@ class StreamGRU(StreamModule):
         y, _ = self.gru(x.transpose(1, 2))
         return y.transpose(1, 2)
 
-    def init_state(self, batch: int, device=None, dtype=None):
-        """A zero hidden state; None (zeros made on the first chunk's device/dtype) when
-        device and dtype are not given."""
-        if device is None and dtype is None:
-            return None
-        return torch.zeros(self.num_layers, batch, self.hidden_size, device=device, dtype=dtype)
+    def stream_init(self, batch, spec, device=None, dtype=None):
+        """A zero hidden state (num_layers, batch, hidden), plus a warm-up counter when the
+        input has warm-up frames (they must not enter the recurrence)."""
+        h = torch.zeros(self.num_layers, batch, self.hidden_size, device=device, dtype=dtype)
+        self._masked = bool(spec.warmup)
+        states = (h, warmup_counter(spec.warmup, device)) if spec.warmup else (h,)
+        return states, FrameSpec((self.hidden_size,), spec.warmup)
 
-    def step(self, x: torch.Tensor, state):
-        if x.shape[-1] == 0:
-            return x.new_zeros((x.shape[0], self.hidden_size, 0)), state
-        y, h = self.gru(x.transpose(1, 2), state)
-        return y.transpose(1, 2), h
+    def step(self, x: torch.Tensor, states):
+        if not self._masked:
+            y, h = self.gru(x.transpose(1, 2), states[0])
+            return y.transpose(1, 2), (h,)
+        # frame by frame: a warm-up frame leaves the hidden state as it was
+        h, left = states
+        ys = []
+        for t in range(x.shape[-1]):
+            y, h_new = self.gru(x[..., t:t + 1].transpose(1, 2), h)
+            h = torch.where(left > t, h, h_new)
+            ys.append(y.transpose(1, 2))
+        return torch.cat(ys, dim=-1), (h, torch.clamp(left - x.shape[-1], min=0))
 
 
 class AttentionPool(nn.Module):
@@ -64,10 +72,10 @@ class AttentionPool(nn.Module):
     - ``forward(x)``: the whole clip -> (batch, channels).
     - ``frames(x, window)``: frame t pools frames ``[t-window+1, t]`` (fewer at the start;
       every frame so far when ``window`` is None) -> (batch, channels, frames).
-    - ``init_state(batch, window=...)`` / ``step``: the same chunk by chunk. A fixed window
-      keeps the last ``window - 1`` frames and their energies (the streaming "max window
-      length": the oldest frame drops out as a new one comes); ``window=None`` keeps a running
-      softmax (max energy, normaliser, weighted sum).
+    - ``stream_init(batch, spec, window)`` / ``step``: the same chunk by chunk over a fixed
+      window: the state keeps the last ``window - 1`` frames and their energies (the streaming
+      "max window length": the oldest frame drops out as a new one comes) and a counter that
+      blanks the input's warm-up frames (zero frames, -inf energy).
 
     On a clip of T frames ``frames(x, T)[..., -1] == forward(x)``.
     """
@@ -140,23 +148,23 @@ class AttentionPool(nn.Module):
         return self._windowed(F.pad(x, (window - 1, 0)),
                               F.pad(e, (window - 1, 0), value=NEG_INF), window)
 
-    def init_state(self, batch: int, device=None, dtype=None, window: int | None = None):
+    def stream_init(self, batch: int, spec: FrameSpec, window: int, device=None, dtype=None):
         self._check_window(window)
-        return {"window": window, "buf": None}
-
-    def step(self, x: torch.Tensor, state):
-        window, buf = state["window"], state["buf"]
-        if x.shape[-1] == 0:
-            return x, state
-        e = self.energy(x)
         if window is None:
-            y, run = self._running_blocks(x, e, buf)
-            return y, {"window": None, "buf": run}
-        if buf is None:  # nothing before the stream: zero frames with -inf energy
-            b, c = x.shape[0], x.shape[1]
-            buf = (x.new_zeros((b, c, window - 1)), e.new_full((b, window - 1), NEG_INF))
-        xp, ep = torch.cat([buf[0], x], dim=-1), torch.cat([buf[1], e], dim=-1)
-        y = self._windowed(xp, ep, window)
-        keep = xp.shape[-1] - (window - 1)
-        return y, {"window": window,
-                   "buf": (xp[..., keep:].contiguous(), ep[..., keep:].contiguous())}
+            raise ValueError("streaming pools over a fixed window of frames, not window=None")
+        c = spec.shape[0]
+        states = (torch.zeros((batch, c, window - 1), device=device, dtype=dtype),
+                  torch.full((batch, window - 1), NEG_INF, device=device, dtype=dtype),
+                  torch.full((1,), int(spec.warmup), dtype=torch.int64, device=device))
+        return states, spec
+
+    def step(self, x: torch.Tensor, states):
+        xb, eb, left = states
+        n = x.shape[-1]
+        e = self.energy(x)
+        keep = torch.arange(n, device=x.device) >= left  # warm-up frames weigh nothing
+        x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        e = torch.where(keep, e, torch.full((), NEG_INF, dtype=e.dtype, device=e.device))
+        xp, ep = torch.cat([xb, x], dim=-1), torch.cat([eb, e], dim=-1)
+        y = self._windowed(xp, ep, xb.shape[-1] + 1)
+        return y, (xp[..., n:], ep[..., n:], torch.clamp(left - n, min=0))

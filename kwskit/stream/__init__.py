@@ -4,21 +4,25 @@
   (``streaming.py``); ``scores_whole`` is the same computed in one go.
 - ``Detector(labels, threshold=...)``: smoothing, threshold spans, debounce (``detector.py``).
 - ``stream_file`` / ``audio_blocks``: long recordings in constant memory (``longaudio.py``).
-- ``evaluate_stream``: generated test streams, DET curves per hour (``evalstream.py``).
+- ``evaluate_stream``: a model on a long stream, DET curves per hour (``evalstream.py``); the
+  streams it builds come from kwskit.data.streams, the scoring rule from kwskit.eval.detection
+  (their names are importable here too).
 
 Names are imported lazily so ``kwskit --help`` does not load torch.
 """
 
 from importlib import import_module
 
+# name -> module: a module of this package, or a full "kwskit.x.y" path
 _EXPORTS = {
     "Streamer": "streaming", "scores_whole": "streaming", "logits_whole": "streaming",
     "window_frames": "streaming",
     "Detector": "detector", "Detection": "detector", "detect": "detector",
     "audio_blocks": "longaudio", "run_stream": "longaudio", "stream_file": "longaudio",
     "StreamResult": "longaudio",
-    "evaluate_stream": "evalstream", "build_test_stream": "evalstream",
-    "read_labels_file": "evalstream", "score_detections": "evalstream", "sweep": "evalstream",
+    "evaluate_stream": "evalstream",
+    "build_test_stream": "kwskit.data.streams", "read_labels_file": "kwskit.data.streams",
+    "score_detections": "kwskit.eval.detection", "sweep": "kwskit.eval.detection",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -26,5 +30,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        return getattr(import_module(f"kwskit.stream.{_EXPORTS[name]}"), name)
+        module = _EXPORTS[name]
+        return getattr(import_module(module if "." in module else f"kwskit.stream.{module}"), name)
     raise AttributeError(f"module 'kwskit.stream' has no attribute {name!r}")

@@ -147,14 +147,31 @@ class _LiveLine:
 
 
 # ------------------------------------------------------------------------------ commands
-def cmd_stream(a) -> int:
-    """``kwskit stream RUN AUDIO... | --mic``."""
+def open_streamer(model: str, window_s: float, threads: int, checkpoint: str = "best"):
+    """(streamer, labels) for a run directory or checkpoint (PyTorch) or an exported
+    ``.onnx`` streaming model (ONNX Runtime; torch is not imported)."""
+    if str(model).endswith(".onnx"):
+        from kwskit.runtime import OnnxStreamer
+
+        streamer = OnnxStreamer(model, threads=threads)
+        if abs(streamer.window_s - window_s) > 1e-9:
+            raise KwsError(f"--window-s: {model} was exported with a {streamer.window_s:g}-s "
+                           f"window; export again with --window-s {window_s:g}")
+        return streamer, streamer.labels
     import torch
 
+    from kwskit.stream.streaming import Streamer
+    from kwskit.models.io import load_model
+
+    torch.set_num_threads(threads)
+    pipeline, _cfg, labels = load_model(model, checkpoint)
+    return Streamer(pipeline, window_s=window_s), labels
+
+
+def cmd_stream(a) -> int:
+    """``kwskit stream RUN_OR_ONNX AUDIO... | --mic``."""
     from kwskit.stream.detector import Detector
     from kwskit.stream.longaudio import run_stream, stream_file
-    from kwskit.stream.streaming import Streamer
-    from kwskit.train.run import load_model
 
     if bool(a.audio) == bool(a.mic):
         raise KwsError("give audio files to stream, or --mic (not both)")
@@ -168,14 +185,12 @@ def cmd_stream(a) -> int:
         if not Path(path).is_file():
             raise KwsError(f"{path}: no such audio file")
     thr = parse_threshold(a.threshold)
-    pipeline, _cfg, labels = load_model(a.run, a.checkpoint)
+    streamer, labels = open_streamer(a.run, a.window_s, a.threads, a.checkpoint)
     thr = _thresholds_for(thr, labels)
-    streamer = Streamer(pipeline, window_s=a.window_s)
     detector = Detector(labels, threshold=thr, smoothing_s=a.smoothing_s,
                         refractory_s=a.refractory_s, min_duration_s=a.min_duration_s)
     if not a.json:
         print(f"{a.run}: {streamer}", file=sys.stderr)
-    torch.set_num_threads(a.threads)
     results = []
     if a.mic:
         live = _LiveLine(labels)
@@ -217,7 +232,8 @@ def cmd_stream(a) -> int:
 
 def cmd_eval_stream(a) -> int:
     """``kwskit eval-stream RUN --data DIR | --stream FILE --labels-file FILE``."""
-    from kwskit.stream.evalstream import evaluate_stream, format_summary
+    from kwskit.eval.detection import format_summary
+    from kwskit.stream.evalstream import evaluate_stream
 
     result, out = evaluate_stream(
         a.run, data=a.data, split=a.split, minutes=a.minutes, snr_db=a.snr, seed=a.seed,
@@ -235,7 +251,7 @@ def cmd_eval_stream(a) -> int:
 def add_parsers(subparsers) -> None:
     """Add ``stream`` and ``eval-stream`` to the ``kwskit`` sub-command parser."""
     s = subparsers.add_parser("stream", help="detect keywords in long recordings or live audio")
-    s.add_argument("run", help="run directory or checkpoint")
+    s.add_argument("run", help="run directory, checkpoint, or exported streaming .onnx model")
     s.add_argument("audio", nargs="*", help="audio files (any rate / channels; read in blocks)")
     s.add_argument("--mic", action="store_true", help="listen to the default input device")
     s.add_argument("--seconds", type=float, default=None, help="--mic: stop after this long")
@@ -249,7 +265,7 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--refractory-s", type=float, default=1.0, help="debounce per keyword (s)")
     s.add_argument("--min-duration-s", type=float, default=0.0, help="shortest span (s)")
     s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
-    s.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    s.add_argument("--threads", type=int, default=1, help="CPU threads (torch or onnxruntime)")
     s.set_defaults(func=cmd_stream)
 
     e = subparsers.add_parser("eval-stream",

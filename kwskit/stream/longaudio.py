@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -21,7 +21,9 @@ from tqdm import tqdm
 from kwskit import SAMPLE_RATE
 from kwskit.errors import AudioError, KwsError
 from kwskit.stream.detector import Detection, Detector
-from kwskit.stream.streaming import Streamer
+
+if TYPE_CHECKING:  # torch-free at run time: the ONNX runtime streams through here too
+    from kwskit.stream.chunking import ChunkedStream as Streamer
 
 
 def _short(exc: Exception) -> str:

@@ -20,9 +20,10 @@ from tqdm import tqdm
 from kwskit.config import ExperimentConfig, config_from_dict, save_config
 from kwskit.errors import KwsError
 from kwskit.fsutil import write_json
+from kwskit.models.io import arch_of, build_pipeline, read_checkpoint, save_checkpoint
 from kwskit.threads import choose_threads
 from kwskit.train import distributed as dd
-from kwskit.train.run import build_pipeline, read_checkpoint, save_checkpoint, write_labels
+from kwskit.train.run import write_labels
 from kwskit.train.tracking import Tracker
 
 
@@ -108,8 +109,11 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
     td = TrainData(cfg, data, rank=rank, world=world, quiet=quiet or not main)
     cfg.data.root = td.root  # the saved config names the data it was trained on (and --resume uses it)
     labels = td.labels
+    # the structure the checkpoints record (a resumed run keeps the one it was saved with)
+    arch = state.get("arch") if state is not None else None
+    arch = arch or arch_of(cfg, len(labels))
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = build_pipeline(cfg, len(labels)).to(device)
+    model = build_pipeline(cfg, len(labels), arch).to(device)
     optimizer = make_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     history, best, start_epoch, mlflow_id = [], None, 0, None
@@ -171,10 +175,10 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
                 best = dict(row)
             if main:
                 if improved:
-                    save_checkpoint(out / "checkpoints" / "best.pt", _state(model, None, cfg, labels, epoch + 1,
-                                                                           history, best, mlflow_id))
-                save_checkpoint(out / "checkpoints" / "last.pt", _state(model, optimizer, cfg, labels, epoch + 1,
-                                                                       history, best, mlflow_id))
+                    save_checkpoint(out / "checkpoints" / "best.pt", _state(model, None, cfg, arch, labels,
+                                                                           epoch + 1, history, best, mlflow_id))
+                save_checkpoint(out / "checkpoints" / "last.pt", _state(model, optimizer, cfg, arch, labels,
+                                                                       epoch + 1, history, best, mlflow_id))
                 write_json(out / "metrics.json", {"history": history, "best": best, "labels": labels})
                 tracker.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
                 if not quiet:
@@ -189,9 +193,10 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
     return {"history": history, "best": best, "labels": labels, "run": str(out)}
 
 
-def _state(model, optimizer, cfg, labels, epoch, history, best, mlflow_id) -> dict:
+def _state(model, optimizer, cfg, arch, labels, epoch, history, best, mlflow_id) -> dict:
+    """A checkpoint: weights, their architecture spec (kwskit.models.io.arch_of), the config."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
-            "config": cfg.to_dict(), "labels": labels, "epoch": epoch, "history": history,
+            "config": cfg.to_dict(), "arch": arch, "labels": labels, "epoch": epoch, "history": history,
             "best": best, "mlflow_run_id": mlflow_id, "torch_version": torch.__version__}
 
 

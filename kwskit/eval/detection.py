@@ -1,0 +1,184 @@
+"""Scoring a streaming detector: the one detection rule, DET sweeps, FA per hour.
+
+The rule (the streaming wake-word rule of MLPerf Tiny; Banbury et al. 2021, arXiv:2106.07597,
+and its streaming wake-word benchmark), for every keyword occurrence [onset, end]
+(``kwskit.data.streams.Occurrence``):
+
+- it is found when a detection of that keyword starts (its score crosses the threshold)
+  between its onset and end + ``tolerance_s`` (1 s); otherwise it is a false reject. A
+  detection finds at most one occurrence.
+- every other detection -- a keyword that was not spoken there, a second detection of one
+  word, one outside every occurrence window of its keyword -- is a false alarm. Detections are
+  debounced by the detector (``refractory_s``, 1 s), so one flickering score counts once.
+
+Detection times are the model's frame times (see kwskit.stream.streaming); the constant
+processing delay (front-end framing + look-ahead) comes on top in a live system.
+
+``sweep`` runs the detector (kwskit.stream.detector) over stored scores at many thresholds
+and scores each: a DET curve, false-reject rate vs false alarms per hour, per keyword and
+overall; ``summarize`` / ``frr_at_fa`` read operating points off it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from kwskit.data.speech_commands import keyword_labels
+from kwskit.data.streams import Occurrence
+from kwskit.errors import KwsError
+from kwskit.stream.detector import Detection, Detector
+
+TOLERANCE_S = 1.0  # a keyword may be detected up to 1 s after it ends
+
+
+def score_detections(detections: Sequence[Detection], occurrences: Sequence[Occurrence],
+                     keywords: Sequence[str], duration_s: float,
+                     tolerance_s: float = TOLERANCE_S) -> dict:
+    """Apply the scoring rule (module doc) to one set of detections.
+
+    A detection's time is its ``start`` (the frame where the smoothed score crossed the
+    threshold). Each occurrence is matched to the earliest unmatched detection of its keyword
+    with onset <= start <= end + ``tolerance_s``; a detection matches at most one occurrence,
+    so one long span over several words counts once.
+
+    Returns {keyword: {occurrences, hits, misses, false_alarms, frr, fa_per_hour}} for every
+    keyword plus "overall" (sums; frr is None without occurrences).
+    """
+    if not (math.isfinite(duration_s) and duration_s > 0):
+        raise KwsError(f"duration_s: must be a positive number of seconds, got {duration_s}")
+    hours = duration_s / 3600.0
+    per = {k: {"occurrences": 0, "hits": 0, "false_alarms": 0} for k in keywords}
+    starts: dict[str, np.ndarray] = {}
+    for kw in {d.keyword for d in detections}:
+        starts[kw] = np.sort([d.start for d in detections if d.keyword == kw])
+    used = {kw: np.zeros(len(v), bool) for kw, v in starts.items()}
+    for o in sorted(occurrences, key=lambda o: (o.start, o.keyword)):
+        row = per.setdefault(o.keyword, {"occurrences": 0, "hits": 0, "false_alarms": 0})
+        row["occurrences"] += 1
+        st = starts.get(o.keyword)
+        if st is None:
+            continue
+        lo = int(np.searchsorted(st, o.start - 1e-9, side="left"))
+        hi = int(np.searchsorted(st, o.end + tolerance_s + 1e-9, side="right"))
+        free = np.flatnonzero(~used[o.keyword][lo:hi])
+        if len(free):
+            used[o.keyword][lo + free[0]] = True
+            row["hits"] += 1
+    for kw, u in used.items():
+        per.setdefault(kw, {"occurrences": 0, "hits": 0, "false_alarms": 0})
+        per[kw]["false_alarms"] += int((~u).sum())
+    total = {"occurrences": 0, "hits": 0, "false_alarms": 0}
+    for row in per.values():
+        for key in total:
+            total[key] += row[key]
+    per["overall"] = total
+    for row in per.values():
+        row["misses"] = row["occurrences"] - row["hits"]
+        row["frr"] = row["misses"] / row["occurrences"] if row["occurrences"] else None
+        row["fa_per_hour"] = row["false_alarms"] / hours
+    return per
+
+
+def default_thresholds() -> np.ndarray:
+    """0.02 .. 0.98 in steps of 0.02, then towards 1 (0.99, 0.995, ... 0.99999)."""
+    fine = 1.0 - np.array([1e-2, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5])
+    return np.unique(np.round(np.concatenate([np.arange(0.02, 0.981, 0.02), fine]), 6))
+
+
+def sweep(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
+          occurrences: Sequence[Occurrence], duration_s: float,
+          thresholds: Sequence[float] | None = None, smoothing_s: float = 0.1,
+          refractory_s: float = 1.0, min_duration_s: float = 0.0,
+          tolerance_s: float = TOLERANCE_S) -> dict:
+    """DET curves from stored scores: the detector at every threshold, scored.
+
+    Returns {thresholds, curves {keyword|"overall": {frr: [...], fa_per_hour: [...],
+    false_alarms: [...], misses: [...]}}, occurrences {keyword: n}, duration_s}. Smoothing
+    is computed once (it does not depend on the threshold).
+    """
+    thr = default_thresholds() if thresholds is None else np.asarray(thresholds, np.float64)
+    keywords = keyword_labels(labels)
+    smoothed = Detector(labels, smoothing_s=smoothing_s).smooth(
+        np.asarray(scores, np.float64), np.asarray(times, np.float64))
+    curves = {k: {"frr": [], "fa_per_hour": [], "false_alarms": [], "misses": []}
+              for k in keywords + ["overall"]}
+    for t in thr:
+        det = Detector(labels, threshold=float(t), smoothing_s=0.0, refractory_s=refractory_s,
+                       min_duration_s=min_duration_s).detect(smoothed, times)
+        res = score_detections(det, occurrences, keywords, duration_s, tolerance_s)
+        for k, c in curves.items():
+            r = res[k]
+            c["frr"].append(r["frr"])
+            c["fa_per_hour"].append(r["fa_per_hour"])
+            c["false_alarms"].append(r["false_alarms"])
+            c["misses"].append(r["misses"])
+    counts = {k: sum(1 for o in occurrences if o.keyword == k) for k in keywords}
+    counts["overall"] = len(occurrences)
+    return {"thresholds": [float(t) for t in thr], "curves": curves, "occurrences": counts,
+            "duration_s": float(duration_s)}
+
+
+def frr_at_fa(curve: dict, thresholds: Sequence[float], fa_per_hour: float = 1.0) -> dict:
+    """Lowest FRR among thresholds whose false alarms per hour are <= ``fa_per_hour``.
+
+    Returns {frr, fa_per_hour, threshold} (all None when no threshold is quiet enough or the
+    keyword never occurs).
+    """
+    best = {"frr": None, "fa_per_hour": None, "threshold": None}
+    for t, frr, fa in zip(thresholds, curve["frr"], curve["fa_per_hour"]):
+        if frr is None or fa > fa_per_hour + 1e-12:
+            continue
+        if best["frr"] is None or frr < best["frr"] or (frr == best["frr"] and t < best["threshold"]):
+            best = {"frr": float(frr), "fa_per_hour": float(fa), "threshold": float(t)}
+    return best
+
+
+def summarize(result: dict, fa_targets: Sequence[float] = (1.0,)) -> dict:
+    """FRR at the given FA/h targets (and at threshold 0.5) for every curve."""
+    thr = result["thresholds"]
+    out = {}
+    for k, c in result["curves"].items():
+        row = {f"at_{g:g}_fa_per_hour": frr_at_fa(c, thr, g) for g in fa_targets}
+        i = int(np.argmin(np.abs(np.asarray(thr) - 0.5)))
+        row["at_threshold_0.5"] = {"threshold": thr[i], "frr": c["frr"][i],
+                                   "fa_per_hour": c["fa_per_hour"][i]}
+        out[k] = row
+    return out
+
+
+def det_envelope(fa_per_hour: Sequence[float], frr: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
+    """The DET curve of a threshold sweep: for every false-alarm rate reached, the lowest
+    FRR of any threshold with at most that rate (x ascending, y non-increasing)."""
+    pts = [(a, f) for a, f in zip(fa_per_hour, frr) if f is not None]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    fa = np.array([p[0] for p in pts], np.float64)
+    fr = np.array([p[1] for p in pts], np.float64)
+    xs = np.unique(fa)
+    best = np.array([fr[fa == x].min() for x in xs])
+    return xs, np.minimum.accumulate(best)
+
+
+def format_summary(result: dict) -> str:
+    """Human-readable lines: FRR at 1 FA/h and at threshold 0.5, overall and per keyword."""
+    hours = result["duration_s"] / 3600.0
+    lines = [f"stream: {result['duration_s'] / 60:.1f} min, {result['occurrences']['overall']} "
+             f"keyword occurrences; one false alarm = {1 / hours:.1f} FA/h"]
+    width = max(len(k) for k in result["summary"])
+    lines.append(f"{'keyword':<{width}}  {'n':>4}  {'FRR@1FA/h':>9}  {'thr':>7}  "
+                 f"{'FRR@0.5':>7}  {'FA/h@0.5':>8}")
+    for k, row in result["summary"].items():
+        a, b = row["at_1_fa_per_hour"], row["at_threshold_0.5"]
+        frr1 = f"{a['frr']:.1%}" if a["frr"] is not None else "n/a"
+        thr1 = f"{a['threshold']:.5g}" if a["threshold"] is not None else "-"
+        frr5 = f"{b['frr']:.1%}" if b["frr"] is not None else "n/a"
+        lines.append(f"{k:<{width}}  {result['occurrences'].get(k, 0):>4}  {frr1:>9}  {thr1:>7}  "
+                     f"{frr5:>7}  {b['fa_per_hour']:>8.1f}")
+    return "\n".join(lines)
+
+
+__all__ = ["TOLERANCE_S", "default_thresholds", "det_envelope", "format_summary", "frr_at_fa",
+           "score_detections", "summarize", "sweep"]
