@@ -64,7 +64,7 @@ def summary_lines(metrics: dict, out, folder) -> list[str]:
         "speakers",
         f"run directory: {out}  (report: {folder})",
         "note: this model has heard eSpeak NG voices only and does not transfer to real ones: "
-        "the same recipe scored 56.7% on real Speech Commands clips (gsc-dev validation).",
+        "the same recipe scored 57-61% on real Speech Commands clips (gsc-dev validation).",
         "For real voices, train on real speech (README, 'Results on real speech'):",
         "  kwskit data download data/gsc",
         "  kwskit train --config configs/bcresnet1.yaml --data data/gsc --labels mini10",

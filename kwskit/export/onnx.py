@@ -81,9 +81,12 @@ def _save(onnx_program, path: Path, meta: dict) -> None:
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names,
             dynamic_shapes=None):
+    import logging
     import warnings
 
     _require_onnx()
+    # the exporter logs a warning per missing torchvision op and prints its progress: noise here
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
