@@ -124,7 +124,9 @@ class TimeWindow(StreamModule):
             new.append(left)
         k, s = self.k_eff, self.time_stride
         n_out = (x.shape[-1] - length) // s
-        return self._valid(x[..., : (n_out - 1) * s + k]), tuple(new)
+        end = (n_out - 1) * s + k
+        # skip a no-op slice (stride 1: the buffer is exactly k - 1): one graph node less
+        return self._valid(x if end == x.shape[-1] else x[..., :end]), tuple(new)
 
 
 class StreamConv1d(TimeWindow):

@@ -30,8 +30,25 @@ class SubSpectralNorm(nn.Module):
         if not torch.jit.is_tracing() and f % self.sub_bands:
             raise KwsError(f"SubSpectralNorm: {f} frequency bins do not split into "
                            f"{self.sub_bands} equal sub-bands (sub_bands must divide freq)")
+        if not self.training and self.bn.track_running_stats:
+            # inference: one per-(channel, bin) affine map, two graph nodes instead of a
+            # reshape / BatchNorm / reshape round trip (the same numbers)
+            scale, shift = self._affine(f // self.sub_bands)
+            return x * scale + shift
         y = self.bn(x.reshape(b, c * self.sub_bands, f // self.sub_bands, t))
         return y.reshape(b, c, f, t)
+
+    def _affine(self, band: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), each (channels, freq, 1): the eval-mode BatchNorm per sub-band."""
+        bn = self.bn
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        shift = -bn.running_mean * scale
+        if bn.affine:
+            scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+        shape = (self.channels, self.sub_bands, 1)
+        scale = scale.reshape(shape).expand(-1, -1, band).reshape(self.channels, -1, 1)
+        shift = shift.reshape(shape).expand(-1, -1, band).reshape(self.channels, -1, 1)
+        return scale, shift
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, sub_bands={self.sub_bands}"
