@@ -127,8 +127,11 @@ def _export(a):
         out = ckpt.parent.parent / "export" / f"{name}{'-stream' if a.stream else ''}.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     if a.stream:
+        from kwskit.stream.calibrate import detector_settings, read_calibration
+
+        cal = read_calibration(a.run)
         card = export_stream(pipeline, labels, out, chunk_ms=a.chunk_ms, window_s=a.window_s,
-                             name=name)
+                             name=name, calibration=detector_settings(cal) if cal else None)
         print(f"{out}: streaming {name}, {card['chunk_samples']} samples per call, "
               f"{len(card['states'])} state tensors, delay {card['delay_s'] * 1e3:.0f} ms")
     else:
@@ -249,6 +252,7 @@ EXAMPLES = {
     "info": "kwskit info bcresnet1",
     "stream": "kwskit stream runs/bcresnet1-20261203 meeting.wav --plot meeting.png",
     "eval-stream": "kwskit eval-stream runs/bcresnet1-20261203 --minutes 30",
+    "calibrate": "kwskit calibrate runs/bcresnet1-20261203 --target-fa-per-hour 1",
     "plot pareto": "kwskit plot pareto runs/* --out pareto.png",
     "models": "kwskit models",
     "export": "kwskit export runs/bcresnet1-20261203 --stream --chunk-ms 10",

@@ -121,6 +121,58 @@ def sweep(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
             "duration_s": float(duration_s)}
 
 
+SMOOTHING_GRID = (0.05, 0.1, 0.2, 0.3)  # seconds tried by fit_thresholds
+
+
+def fit_thresholds(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
+                   occurrences: Sequence[Occurrence], duration_s: float,
+                   target_fa_per_hour: float = 1.0,
+                   smoothing_grid: Sequence[float] = SMOOTHING_GRID,
+                   refractory_s: float = 1.0, tolerance_s: float = TOLERANCE_S) -> dict:
+    """Per-keyword thresholds (and a smoothing window) for a false-alarm budget.
+
+    Each of the K keywords may raise ``target_fa_per_hour / K`` false alarms per hour on this
+    stream; the detector runs each keyword on its own, so their false alarms add up to at
+    most the target. For every smoothing in ``smoothing_grid`` each keyword takes, among the
+    thresholds of ``default_thresholds`` within its share, the one that misses fewest of its
+    occurrences (the lowest on ties); the smoothing that misses fewest overall wins. A keyword
+    that no threshold keeps within its share gets the highest threshold and is listed in
+    ``over_budget``.
+
+    Returns {target_fa_per_hour, smoothing_s, refractory_s, thresholds {keyword: t},
+    over_budget [...], result (score_detections at those settings)}.
+    """
+    if not (isinstance(target_fa_per_hour, (int, float)) and target_fa_per_hour > 0):
+        raise KwsError(f"--target-fa-per-hour: must be > 0, got {target_fa_per_hour!r}")
+    keywords = keyword_labels(labels)
+    if not keywords:
+        raise KwsError("calibration needs keyword labels")
+    share = target_fa_per_hour / len(keywords)
+    best = None
+    for smoothing in smoothing_grid:
+        res = sweep(scores, times, labels, occurrences, duration_s, smoothing_s=smoothing,
+                    refractory_s=refractory_s, tolerance_s=tolerance_s)
+        thr, over, misses = {}, [], 0
+        for k in keywords:
+            c = res["curves"][k]
+            ok = [i for i, fa in enumerate(c["fa_per_hour"]) if fa <= share + 1e-12]
+            if not ok:
+                i = len(res["thresholds"]) - 1
+                over.append(k)
+            else:
+                i = min(ok, key=lambda j: (c["misses"][j], res["thresholds"][j]))
+            thr[k] = res["thresholds"][i]
+            misses += c["misses"][i]
+        if best is None or misses < best[0]:
+            best = (misses, smoothing, thr, over)
+    _, smoothing, thr, over = best
+    det = Detector(labels, threshold=thr, smoothing_s=smoothing,
+                   refractory_s=refractory_s).detect(scores, times)
+    return {"target_fa_per_hour": float(target_fa_per_hour), "smoothing_s": float(smoothing),
+            "refractory_s": float(refractory_s), "thresholds": thr, "over_budget": over,
+            "result": score_detections(det, occurrences, keywords, duration_s, tolerance_s)}
+
+
 def frr_at_fa(curve: dict, thresholds: Sequence[float], fa_per_hour: float = 1.0) -> dict:
     """Lowest FRR among thresholds whose false alarms per hour are <= ``fa_per_hour``.
 

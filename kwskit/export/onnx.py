@@ -121,9 +121,11 @@ def export_clip(pipeline: nn.Module, labels: list[str], path: str | os.PathLike,
 
 
 def export_stream(pipeline: nn.Module, labels: list[str], path: str | os.PathLike,
-                  chunk_ms: float = 10.0, window_s: float = 1.0, name: str = "") -> dict:
+                  chunk_ms: float = 10.0, window_s: float = 1.0, name: str = "",
+                  calibration: dict | None = None) -> dict:
     """Write the streaming model for chunks of ``chunk_ms`` (rounded to whole output frames,
-    at least one); returns its card."""
+    at least one); returns its card. ``calibration`` (thresholds, smoothing, refractory, from
+    ``kwskit calibrate``) goes into the card, for runtimes to use by default."""
     from kwskit.stream.streaming import Streamer
 
     path = Path(path)
@@ -144,6 +146,8 @@ def export_stream(pipeline: nn.Module, labels: list[str], path: str | os.PathLik
         "window_s": float(window_s), "frame_win": streamer.win, "frame_left_pad": streamer.left_pad,
         "states": [{"name": n, "shape": list(s.shape), "dtype": str(s.dtype).replace("torch.", ""),
                     "init": _fill_value(s)} for n, s in zip(names, states)]}
+    if calibration:
+        meta["calibration"] = calibration
     _save(prog, path, meta)
     return meta
 

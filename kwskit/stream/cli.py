@@ -1,6 +1,6 @@
-"""``kwskit stream`` and ``kwskit eval-stream``: argument parsing and the two commands.
+"""``kwskit stream``, ``kwskit eval-stream`` and ``kwskit calibrate``: arguments and commands.
 
-``add_parsers(subparsers)`` adds both sub-commands to the ``kwskit`` parser; heavy imports
+``add_parsers(subparsers)`` adds the three sub-commands to the ``kwskit`` parser; heavy imports
 (torch, the model) happen only when one of them runs.
 """
 
@@ -148,8 +148,8 @@ class _LiveLine:
 
 # ------------------------------------------------------------------------------ commands
 def open_streamer(model: str, window_s: float, threads: int, checkpoint: str = "best"):
-    """(streamer, labels) for a run directory or checkpoint (PyTorch) or an exported
-    ``.onnx`` streaming model (ONNX Runtime; torch is not imported)."""
+    """(streamer, labels, calibration or None) for a run directory or checkpoint (PyTorch)
+    or an exported ``.onnx`` streaming model (ONNX Runtime; torch is not imported)."""
     if str(model).endswith(".onnx"):
         from kwskit.runtime import OnnxStreamer
 
@@ -157,15 +157,38 @@ def open_streamer(model: str, window_s: float, threads: int, checkpoint: str = "
         if abs(streamer.window_s - window_s) > 1e-9:
             raise KwsError(f"--window-s: {model} was exported with a {streamer.window_s:g}-s "
                            f"window; export again with --window-s {window_s:g}")
-        return streamer, streamer.labels
+        return streamer, streamer.labels, streamer.card.get("calibration")
     import torch
 
-    from kwskit.stream.streaming import Streamer
     from kwskit.models.io import load_model
+    from kwskit.stream.calibrate import read_calibration
+    from kwskit.stream.streaming import Streamer
 
     torch.set_num_threads(threads)
     pipeline, _cfg, labels = load_model(model, checkpoint)
-    return Streamer(pipeline, window_s=window_s), labels
+    return Streamer(pipeline, window_s=window_s), labels, read_calibration(model)
+
+
+def detector_options(a, labels: list[str], cal: dict | None) -> tuple[dict, str]:
+    """Detector settings: what the command line says, else the model's calibration, else
+    threshold 0.5, smoothing 0.1 s, refractory 1 s. Returns (kwargs, a line saying which)."""
+    use = cal if a.threshold is None and cal else None
+    thr = parse_threshold(a.threshold) if a.threshold is not None else \
+        (dict(use["thresholds"]) if use else 0.5)
+    opts = {"threshold": _thresholds_for(thr, labels),
+            "smoothing_s": a.smoothing_s if a.smoothing_s is not None else
+            (use["smoothing_s"] if use else 0.1),
+            "refractory_s": a.refractory_s if a.refractory_s is not None else
+            (use["refractory_s"] if use else 1.0),
+            "min_duration_s": a.min_duration_s}
+    if use:
+        why = (f"thresholds calibrated for {use['target_fa_per_hour']:g} false alarm(s) per "
+               f"hour, smoothing {opts['smoothing_s']:g} s")
+    elif a.threshold is not None:
+        why = f"threshold {a.threshold}"
+    else:
+        why = "threshold 0.5 (not calibrated: kwskit calibrate RUN picks per-keyword ones)"
+    return opts, why
 
 
 def cmd_stream(a) -> int:
@@ -184,13 +207,14 @@ def cmd_stream(a) -> int:
             raise KwsError(f"{path}: is a directory; give audio files (e.g. {Path(path) / '*.wav'})")
         if not Path(path).is_file():
             raise KwsError(f"{path}: no such audio file")
-    thr = parse_threshold(a.threshold)
-    streamer, labels = open_streamer(a.run, a.window_s, a.threads, a.checkpoint)
-    thr = _thresholds_for(thr, labels)
-    detector = Detector(labels, threshold=thr, smoothing_s=a.smoothing_s,
-                        refractory_s=a.refractory_s, min_duration_s=a.min_duration_s)
+    if a.threshold is not None:
+        parse_threshold(a.threshold)  # a typo is an error before the model loads
+    streamer, labels, cal = open_streamer(a.run, a.window_s, a.threads, a.checkpoint)
+    opts, why = detector_options(a, labels, cal)
+    thr = opts["threshold"]
+    detector = Detector(labels, **opts)
     if not a.json:
-        print(f"{a.run}: {streamer}", file=sys.stderr)
+        print(f"{a.run}: {streamer}; {why}", file=sys.stderr)
     results = []
     if a.mic:
         live = _LiveLine(labels)
@@ -216,11 +240,12 @@ def cmd_stream(a) -> int:
             out = _plot_path(a.plot, res.source, len(results) > 1)
             plot_stream(res.scores, res.times, labels, res.detections, out, threshold=thr,
                         envelope=res.envelope, title=f"{Path(res.source).name}: "
-                        f"{len(res.detections)} detection(s), threshold {a.threshold}")
+                        f"{len(res.detections)} detection(s), {why.split(' (')[0]}")
             if not a.json:
                 print(f"plot: {out}", file=sys.stderr)
     if a.json:
         print(json.dumps({"run": str(a.run), "labels": labels, "threshold": thr,
+                          "calibrated": bool(cal) and a.threshold is None,
                           "window_s": a.window_s, "delay_s": round(streamer.delay_s, 4),
                           "frame_step_s": round(streamer.frame_step_s, 4),
                           "files": [r.to_dict() for r in results]}))
@@ -248,8 +273,21 @@ def cmd_eval_stream(a) -> int:
     return 0
 
 
+def cmd_calibrate(a) -> int:
+    """``kwskit calibrate RUN [--target-fa-per-hour 1]``."""
+    from kwskit.stream.calibrate import calibrate, format_calibration
+
+    cal, path = calibrate(a.run, data=a.data, split=a.split, minutes=a.minutes, snr_db=a.snr,
+                          seed=a.seed, target_fa_per_hour=a.target_fa_per_hour,
+                          stream=a.stream, labels_file=a.labels_file, which=a.checkpoint,
+                          window_s=a.window_s)
+    print(format_calibration(cal))
+    print(f"written: {path} (kwskit stream and kwskit export --stream use it by default)")
+    return 0
+
+
 def add_parsers(subparsers) -> None:
-    """Add ``stream`` and ``eval-stream`` to the ``kwskit`` sub-command parser."""
+    """Add ``stream``, ``eval-stream`` and ``calibrate`` to the ``kwskit`` sub-command parser."""
     s = subparsers.add_parser("stream", help="detect keywords in long recordings or live audio")
     s.add_argument("run", help="run directory, checkpoint, or exported streaming .onnx model")
     s.add_argument("audio", nargs="*", help="audio files (any rate / channels; read in blocks)")
@@ -257,12 +295,15 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--seconds", type=float, default=None, help="--mic: stop after this long")
     s.add_argument("--plot", metavar="PNG", help="write keyword probability over time")
     s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--threshold", default="0.5",
-                   help="probability, or keyword=p,... (a bare number is the default)")
+    s.add_argument("--threshold", default=None,
+                   help="probability, or keyword=p,... (a bare number is the default); "
+                   "default: the model's calibration (kwskit calibrate), else 0.5")
     s.add_argument("--chunk-ms", type=float, default=100.0, help="audio block size (ms)")
     s.add_argument("--window-s", type=float, default=1.0, help="classifier window (s)")
-    s.add_argument("--smoothing-s", type=float, default=0.1, help="posterior smoothing (s)")
-    s.add_argument("--refractory-s", type=float, default=1.0, help="debounce per keyword (s)")
+    s.add_argument("--smoothing-s", type=float, default=None,
+                   help="posterior smoothing (s); default: the calibration's, else 0.1")
+    s.add_argument("--refractory-s", type=float, default=None,
+                   help="debounce per keyword (s); default: the calibration's, else 1.0")
     s.add_argument("--min-duration-s", type=float, default=0.0, help="shortest span (s)")
     s.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     s.add_argument("--threads", type=int, default=1, help="CPU threads (torch or onnxruntime)")
@@ -289,3 +330,22 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--save-audio", action="store_true", help="also write the stream as FLAC")
     e.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     e.set_defaults(func=cmd_eval_stream)
+
+    c = subparsers.add_parser("calibrate",
+                              help="per-keyword thresholds for a false-alarm rate, kept in the run")
+    c.add_argument("run", help="run directory")
+    c.add_argument("--target-fa-per-hour", type=float, default=1.0,
+                   help="false alarms per hour allowed over all keywords")
+    c.add_argument("--data", help="data set to build the calibration stream from (default: the "
+                   "one the run was trained on)")
+    c.add_argument("--split", default="validation", choices=["test", "validation", "train"],
+                   help="split whose speakers and words make the stream")
+    c.add_argument("--minutes", type=float, default=30.0, help="generated stream length")
+    c.add_argument("--snr", type=float, nargs="+", default=[10.0, 20.0], metavar="DB",
+                   help="word SNR in dB: one value or a low and a high")
+    c.add_argument("--seed", type=int, default=1, help="seed of the generated stream")
+    c.add_argument("--stream", help="a real recording to calibrate on (with --labels-file)")
+    c.add_argument("--labels-file", help="CSV/TSV of keyword, start, end (seconds)")
+    c.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
+    c.add_argument("--window-s", type=float, default=1.0, help="classifier window (s)")
+    c.set_defaults(func=cmd_calibrate)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,22 +25,33 @@ from kwskit.errors import KwsError
 from kwskit.eval.detection import TOLERANCE_S, summarize, sweep
 
 
-def evaluate_stream(run: str | os.PathLike, data: str | os.PathLike | None = None,
-                    split: str = "test", minutes: float = 10.0,
-                    snr_db: Sequence[float] = (10.0, 20.0), seed: int = 0,
-                    out: str | os.PathLike | None = None, stream: str | os.PathLike | None = None,
-                    labels_file: str | os.PathLike | None = None, which: str = "best",
-                    window_s: float = 1.0, smoothing_s: float = 0.1, refractory_s: float = 1.0,
-                    save_audio: bool = False, progress: bool = True) -> tuple[dict, Path]:
-    """``kwskit eval-stream``: build (or read) a stream, score it once, sweep, write results.
+@dataclass
+class ScoredStream:
+    """A model's scores over one long stream, with what the stream holds."""
 
-    Writes to ``out`` (default RUN/eval-stream): det.json (settings, curves, summary),
-    det.png, stream_labels.tsv (the occurrences) and, with ``save_audio``, stream.flac.
-    Returns (result dict, output folder).
-    """
+    labels: list[str]
+    scores: np.ndarray  # (frames, classes) probabilities
+    times: np.ndarray  # (frames,) seconds
+    occurrences: list
+    duration_s: float
+    source: dict
+    delay_s: float
+    frame_step_s: float
+    run_dir: Path  # where results go by default
+    audio: object = None  # the generated TestStream (None for a recording)
+
+
+def score_stream(run: str | os.PathLike, data: str | os.PathLike | None = None,
+                 split: str = "test", minutes: float = 10.0,
+                 snr_db: Sequence[float] = (10.0, 20.0), seed: int = 0,
+                 stream: str | os.PathLike | None = None,
+                 labels_file: str | os.PathLike | None = None, which: str = "best",
+                 window_s: float = 1.0, progress: bool = True) -> ScoredStream:
+    """Build a seeded test stream from ``data``'s ``split`` (default: the data the run was
+    trained on) or read a recording and its keyword-times file, and run the model over it
+    once (Streamer, one thread, flushed at the end)."""
     import torch
 
-    from kwskit.fsutil import write_json
     from kwskit.models.io import load_model
     from kwskit.stream.longaudio import array_blocks, run_stream, stream_file
     from kwskit.stream.streaming import Streamer
@@ -57,12 +69,9 @@ def evaluate_stream(run: str | os.PathLike, data: str | os.PathLike | None = Non
         if progress:
             print(f"data: {data} (the run's training data)", file=sys.stderr)
     streamer = Streamer(pipeline, window_s=window_s)
-    keywords = keyword_labels(labels)
-    if not keywords:
+    if not keyword_labels(labels):
         raise KwsError(f"{run}: the model has no keyword labels (only {', '.join(labels)})")
     run_path = Path(run)
-    out_dir = Path(out) if out else (run_path if run_path.is_dir() else run_path.parent) / "eval-stream"
-
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # small chunks: one thread is fastest and fair to other jobs
     try:
@@ -87,33 +96,55 @@ def evaluate_stream(run: str | os.PathLike, data: str | os.PathLike | None = Non
     name = str(stream) if stream is not None else "the test stream"
     if scored.scores is None or not len(scored.scores):
         raise KwsError(f"{name}: too short to give a single score frame")
-    duration = scored.duration_s
-    late = [o for o in occurrences if o.start >= duration]
+    late = [o for o in occurrences if o.start >= scored.duration_s]
     if late:
         raise KwsError(f"{labels_file}: keyword {late[0].keyword!r} at {late[0].start:g} s is "
-                       f"past the end of {name} ({duration:.1f} s); wrong labels file?")
-    result = sweep(scored.scores, scored.times, labels, occurrences, duration,
+                       f"past the end of {name} ({scored.duration_s:.1f} s); wrong labels file?")
+    return ScoredStream(labels, scored.scores, scored.times, list(occurrences),
+                        scored.duration_s, source, streamer.delay_s, streamer.frame_step_s,
+                        run_path if run_path.is_dir() else run_path.parent, ts)
+
+
+def evaluate_stream(run: str | os.PathLike, data: str | os.PathLike | None = None,
+                    split: str = "test", minutes: float = 10.0,
+                    snr_db: Sequence[float] = (10.0, 20.0), seed: int = 0,
+                    out: str | os.PathLike | None = None, stream: str | os.PathLike | None = None,
+                    labels_file: str | os.PathLike | None = None, which: str = "best",
+                    window_s: float = 1.0, smoothing_s: float = 0.1, refractory_s: float = 1.0,
+                    save_audio: bool = False, progress: bool = True) -> tuple[dict, Path]:
+    """``kwskit eval-stream``: build (or read) a stream, score it once, sweep, write results.
+
+    Writes to ``out`` (default RUN/eval-stream): det.json (settings, curves, summary),
+    det.png, stream_labels.tsv (the occurrences) and, with ``save_audio``, stream.flac.
+    Returns (result dict, output folder).
+    """
+    from kwskit.fsutil import write_json
+
+    s = score_stream(run, data, split, minutes, snr_db, seed, stream, labels_file, which,
+                     window_s, progress)
+    out_dir = Path(out) if out else s.run_dir / "eval-stream"
+    result = sweep(s.scores, s.times, s.labels, s.occurrences, s.duration_s,
                    smoothing_s=smoothing_s, refractory_s=refractory_s)
     result["summary"] = summarize(result)
-    result.update(run=str(run), labels=labels, source=source, rule={
+    result.update(run=str(run), labels=s.labels, source=s.source, rule={
         "hit": "a detection of the keyword starting in [onset, end + 1 s]",
         "false_alarm": "any other detection (one detection finds one occurrence)", "tolerance_s": TOLERANCE_S,
         "smoothing_s": smoothing_s, "refractory_s": refractory_s, "window_s": window_s,
-        "delay_s": streamer.delay_s, "frame_step_s": streamer.frame_step_s})
+        "delay_s": s.delay_s, "frame_step_s": s.frame_step_s})
     write_json(out_dir / "det.json", result)
     from kwskit.eval.plots import plot_det
 
     plot_det(result, out_dir / "det.png")
-    write_labels_file(out_dir / "stream_labels.tsv", occurrences)
-    if ts is not None and save_audio:
+    write_labels_file(out_dir / "stream_labels.tsv", s.occurrences)
+    if s.audio is not None and save_audio:
         import soundfile as sf
 
         from kwskit.fsutil import atomic_path
 
         with atomic_path(out_dir / "stream.flac") as tmp:
-            sf.write(str(tmp), np.clip(ts.audio, -1, 1), ts.sample_rate, subtype="PCM_16",
-                     format="FLAC")
+            sf.write(str(tmp), np.clip(s.audio.audio, -1, 1), s.audio.sample_rate,
+                     subtype="PCM_16", format="FLAC")
     return result, out_dir
 
 
-__all__ = ["evaluate_stream"]
+__all__ = ["ScoredStream", "evaluate_stream", "score_stream"]
