@@ -2,12 +2,13 @@
 #   make demo   build the venv, install kwskit, run the main job on the built-in data
 #               (ARGS="--set train.threads=1" passes options to it)
 #   make test   same venv plus test dependencies, run the test suite
+#   make web    vendor onnxruntime-web for `kwskit serve` (npm; kwskit serve does it when missing)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv web clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+web: venv
+	$(BIN)/python -m kwskit.web.build
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -31,7 +31,12 @@ def _data_download(a):
 def _data_synth(a):
     from kwskit.data.synth import DEFAULT_WORDS, synthesize_dataset
 
-    words = a.words.split(",") if a.words else list(DEFAULT_WORDS)
+    if a.words == "unknown-vocab":  # the built-in non-keyword vocabulary (kwskit.data.vocab)
+        from kwskit.data.vocab import UNKNOWN_VOCAB
+
+        words = list(UNKNOWN_VOCAB)
+    else:
+        words = a.words.split(",") if a.words else list(DEFAULT_WORDS)
     summary = synthesize_dataset(a.out, words=words, per_word=a.per_word, seed=a.seed,
                                  workers=a.workers)
     print(summary)
@@ -141,6 +146,13 @@ def _export(a):
     return 0
 
 
+def _serve(a):
+    from kwskit.web.serve import serve
+
+    return serve(a.model, port=a.port, threshold=a.threshold, checkpoint=a.checkpoint,
+                 chunk_ms=a.chunk_ms)
+
+
 def _models(a):
     from kwskit.models.registry import list_models, model_info
 
@@ -176,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = dsub.add_parser("synth", help="synthesize a spoken-word data set with eSpeak NG")
     s.add_argument("out", help="folder to write the data set into")
-    s.add_argument("--words", default=None, help="comma-separated words (default: mini10 words + unknowns)")
+    s.add_argument("--words", default=None,
+                   help="comma-separated words, or unknown-vocab (186 non-keyword words and "
+                   "near-misses, for _unknown_ examples); default: mini10 words + unknowns")
     s.add_argument("--per-word", type=int, default=None, help="clips per word (default: 300)")
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     s.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
@@ -228,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", help="ONNX file to write (default: RUN/export/MODEL[-stream].onnx)")
     x.set_defaults(func=_export)
 
+    w = sub.add_parser("serve", help="the live keyword-spotting page for a browser (onnxruntime-web)")
+    w.add_argument("model", metavar="RUN_OR_MODEL",
+                   help="run directory or checkpoint (exported first), or a streaming .onnx model")
+    w.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free one)")
+    w.add_argument("--threshold", default=None,
+                   help="the page's initial thresholds: probability, or keyword=p,... as in "
+                   "kwskit stream; default: the model's calibration, else 0.5")
+    w.add_argument("--chunk-ms", type=float, default=10.0,
+                   help="a run: audio per model call of the export, rounded to whole frames")
+    w.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="a run: which checkpoint")
+    w.set_defaults(func=_serve)
+
     pl = sub.add_parser("plot", help="plots across runs")
     psub = pl.add_subparsers(dest="plot_command", required=True, metavar="KIND")
     pp = psub.add_parser("pareto", help="accuracy against MACs and parameter bytes (Metric-FLOPs / Metric-Memory)")
@@ -256,6 +283,7 @@ EXAMPLES = {
     "plot pareto": "kwskit plot pareto runs/* --out pareto.png",
     "models": "kwskit models",
     "export": "kwskit export runs/bcresnet1-20261203 --stream --chunk-ms 10",
+    "serve": "kwskit serve runs/bcresnet1-20261203 --port 8000",
 }
 
 

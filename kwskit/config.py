@@ -37,6 +37,12 @@ class DataConfig:
     sample_rate: int = 16000
     clip_samples: int = 16000
     min_clip_fraction: float = 0.1  # clips shorter than this x clip_samples are skipped
+    # More _unknown_ training examples from other data sets (e.g. `kwskit data synth DIR
+    # --words unknown-vocab`): their words that are not labels, unknown_extra_share x one
+    # keyword's clip count of them, added to the training split only.
+    unknown_extra: list = field(default_factory=list)
+    unknown_extra_share: float = 1.0
+    unknown_holdout: list = field(default_factory=list)  # words never used as _unknown_
     cache_dir: str | None = None  # None: $KWSKIT_HOME/cache
     num_workers: int = 0
 
@@ -185,6 +191,11 @@ def _check_values(cfg: ExperimentConfig) -> None:
         ("data.unknown_share", cfg.data.unknown_share >= 0, "must be >= 0"),
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
         ("data.min_clip_fraction", 0.0 <= cfg.data.min_clip_fraction < 1.0, "must be in [0, 1)"),
+        ("data.unknown_extra_share", cfg.data.unknown_extra_share >= 0, "must be >= 0"),
+        ("data.unknown_extra", all(isinstance(p, str) and p for p in cfg.data.unknown_extra),
+         "must be a list of data set folders"),
+        ("data.unknown_holdout", all(isinstance(w, str) and w for w in cfg.data.unknown_holdout),
+         "must be a list of words"),
     ]
     for key, ok, msg in checks:
         if not ok:

@@ -160,6 +160,30 @@ def test_noise_probability_and_silence():
     assert np.array_equal(_aug([], noise_prob=1.0)(_sine(), rng), _sine())
 
 
+def test_silence_follows_the_configured_rms_range():
+    """Silence examples are scaled to an RMS drawn in silence_rms_dbfs, whatever the noise
+    file's level; other clips and the draws of older configs are untouched."""
+    quiet = 0.003 * _noise(4)  # GSC's noise files are this quiet (RMS 0.002-0.006)
+    aug = _aug([quiet], noise_prob=0.0, silence_rms_dbfs=(-80.0, -10.0))
+    rng = np.random.default_rng(5)
+    levels = []
+    for _ in range(300):
+        y = aug(np.zeros(SR, np.float32), rng, silence=True)
+        levels.append(20 * np.log10(np.sqrt(np.mean(y.astype(np.float64) ** 2))))
+    levels = np.array(levels)
+    assert levels.min() >= -80.0 - 0.01 and levels.max() <= -10.0 + 0.2  # clipping aside
+    assert levels.min() < -70 and levels.max() > -15  # the whole range, loud rooms included
+    assert np.array_equal(aug(_sine(), np.random.default_rng(1)), _sine())  # not silence
+    old = _aug([quiet], noise_prob=0.8)
+    new = _aug([quiet], noise_prob=0.8, silence_rms_dbfs=(-40.0, -20.0))
+    a, b = old.draw(np.random.default_rng(7), SR), new.draw(np.random.default_rng(7), SR)
+    assert a == b  # keyword clips draw exactly as before
+    with pytest.raises(KwsError, match="augment.silence_rms_dbfs"):
+        AugmentConfig.from_dict({"silence_rms_dbfs": [-10, -20]})
+    with pytest.raises(KwsError, match="augment.silence_rms_dbfs"):
+        AugmentConfig.from_dict({"silence_rms_dbfs": [-20, 5]})
+
+
 def test_shift_moves_impulse_by_drawn_amount():
     aug = _aug(shift_prob=1.0, shift_ms=100.0)
     x = np.zeros(SR, np.float32)

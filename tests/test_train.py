@@ -235,3 +235,55 @@ def test_plot_pareto_from_runs(tiny_data, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "dscnn_s" in printed and "tcresnet8" in printed
     assert cli(["plot", "pareto", str(tmp_path / "nope")]) == 2
+
+
+def test_loud_noise_is_silence_when_training_covers_loud_rooms(tiny_data, tmp_path):
+    """With silence_rms_dbfs covering -60..-10 dBFS, noise windows from RMS 0.003 to 0.3 are
+    classified as silence, not as a word. (The data's noise file is white noise at RMS 0.1;
+    trained on its own level, the same model calls RMS 0.01 noise _unknown_.)"""
+    import numpy as np
+
+    from kwskit.models.io import load_model
+
+    out = tmp_path / "loud"
+    fit(tiny_cfg(8, "augment.silence_rms_dbfs=[-60, -10]", "data.silence_share=2.0"), out,
+        data=str(tiny_data), quiet=True, track=False)
+    pipeline, _, labels = load_model(out)
+    rng = np.random.default_rng(0)
+    silence = labels.index("_silence_")
+    for rms in (0.003, 0.03, 0.3):
+        noise = torch.from_numpy((rms * rng.standard_normal((10, 16000))).astype(np.float32))
+        with torch.no_grad():
+            pred = pipeline(noise).argmax(-1)
+        assert int((pred == silence).sum()) >= 9, (rms, [labels[i] for i in pred])
+
+
+def test_unknown_holdout_and_extra_unknown_words(tiny_data, tmp_path):
+    """Held-out words never become _unknown_; another data set's words add _unknown_ training
+    examples (never keywords, never held-out words), and validation stays as it was."""
+    from conftest import build_tiny_dataset
+
+    from kwskit.errors import KwsError
+    from kwskit.train.data import TrainData
+
+    extra = build_tiny_dataset(tmp_path / "extra", speakers=4, takes=1)  # yes no up down bed
+    for w in ("yes", "no"):  # rename two word folders: words the main set does not have
+        (extra / w).rename(extra / f"{w}x")
+    cfg = tiny_cfg(1, "data.labels=[yes, no]", "data.unknown_holdout=[up]",
+                   f"data.unknown_extra=[{extra}]", "data.unknown_extra_share=1.0")
+    td = TrainData(cfg, str(tiny_data), quiet=True)
+    unk = td.labels.index("_unknown_")
+    train_unknown = [e.path for e in td.train.examples if e.label == unk]
+    from_extra = [p for p in train_unknown if p.startswith(str(extra))]
+    n_kw = sum(1 for e in td.train.examples if e.source == "clip")
+    assert len(from_extra) == min(round(n_kw / 2), 4 * 5)  # share 1.0 of one keyword's count
+    assert all("/up/" not in p for p in train_unknown)  # held out, in both data sets
+    assert {p.split("/")[-2] for p in from_extra} <= {"yesx", "nox", "down", "bed"}
+    base = TrainData(tiny_cfg(1, "data.labels=[yes, no]", "data.unknown_holdout=[up]"),
+                     str(tiny_data), quiet=True)
+    assert [e.path for e in base.val.examples] == [e.path for e in td.val.examples]
+    with pytest.raises(KwsError, match="data.unknown_extra_share"):
+        tiny_cfg(1, "data.unknown_extra_share=-1")
+    with pytest.raises(KwsError, match="hold no words outside"):
+        TrainData(tiny_cfg(1, f"data.unknown_extra=[{tiny_data}]",
+                           "data.labels=[yes, no, up, down, bed]"), str(tiny_data), quiet=True)

@@ -54,6 +54,10 @@ class AugmentConfig:
     noise_volume: tuple = (0.0, 0.1)  # amplitude factor on the noise, volume mode
     noise_snr_db: tuple = (5.0, 20.0)  # dB, snr mode
     silence_volume: float = 1.0  # noise factor upper bound for silence examples
+    # dBFS range of silence examples' RMS (e.g. [-80, -10]: a quiet room to loud noise); each
+    # silence example is scaled to an RMS drawn uniformly in dB, whatever its noise file's own
+    # level. None keeps the file's level times silence_volume (TF's recipe).
+    silence_rms_dbfs: tuple | None = None
     shift_prob: float = 1.0
     shift_ms: float = 100.0  # shift drawn in [-shift_ms, +shift_ms]
     gain_prob: float = 0.0
@@ -127,6 +131,12 @@ class AugmentConfig:
                 raise bad(name, "must be a [low, high] pair of numbers with low <= high")
             if v[0] < lo or v[1] > hi:
                 raise bad(name, f"must lie within [{lo:g}, {hi:g}]")
+        v = self.silence_rms_dbfs
+        if v is not None and (not isinstance(v, tuple) or len(v) != 2
+                              or not all(number(e) for e in v) or v[0] > v[1]
+                              or v[0] < -120 or v[1] > 0):
+            raise bad("silence_rms_dbfs", "must be null or a [low, high] pair of dBFS values "
+                      "in [-120, 0] with low <= high")
         for name in ("silence_volume", "shift_ms"):
             v = getattr(self, name)
             if not number(v) or v < 0:
@@ -228,6 +238,7 @@ class AugmentDraw:
     noise_offset: int = 0  # samples into that noise
     noise_volume: float | None = None  # amplitude factor (volume mode, silence, silent clip)
     noise_snr_db: float | None = None  # target SNR (snr mode)
+    target_rms: float | None = None  # silence examples: the RMS the clip is scaled to
 
 
 class WaveAugment:
@@ -277,6 +288,8 @@ class WaveAugment:
                 d.noise_volume = float(rng.uniform(*c.noise_volume))  # used if clip is silent
             else:
                 d.noise_volume = float(rng.uniform(*c.noise_volume))
+        if silence and c.silence_rms_dbfs is not None:  # drawn last: older draws stay the same
+            d.target_rms = float(10.0 ** (rng.uniform(*c.silence_rms_dbfs) / 20.0))
         return d
 
     def apply(self, x: np.ndarray, d: AugmentDraw) -> np.ndarray:
@@ -302,6 +315,10 @@ class WaveAugment:
                 if p_sig > 0 and p_noise > 0:
                     scale = math.sqrt(p_sig / (p_noise * 10.0 ** (d.noise_snr_db / 10.0)))
             y = y + np.float32(scale) * nz
+        if d.target_rms is not None:
+            rms = math.sqrt(float(np.mean(y.astype(np.float64) ** 2)))
+            if rms > 0:  # digital silence stays silent
+                y = y * np.float32(d.target_rms / rms)
         y = np.nan_to_num(y, nan=0.0, posinf=1.0, neginf=-1.0)
         return np.clip(y, -1.0, 1.0).astype(np.float32, copy=False)
 

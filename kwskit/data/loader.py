@@ -218,22 +218,33 @@ class KwsDataset(torch.utils.data.Dataset):
         x = self.split.waves[i].astype(np.float32) / INT16_SCALE
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i])
-            x = self.augment(x, rng)
+            # silence examples get their own noise rules (always noise, silence_rms_dbfs)
+            x = self.augment(x, rng, silence=self.split.examples[i].source == "silence")
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), int(self.split.examples[i].label)
 
 
 def prepare_split(index, labels: list[str], split: str, *, silence_share: float = 1.0,
                   unknown_share: float = 1.0, seed: int = 0, sample_rate: int = SAMPLE_RATE,
                   clip_samples: int = CLIP_SAMPLES, cache_dir=None,
-                  min_clip_fraction: float = MIN_CLIP_FRACTION) -> SplitData:
+                  min_clip_fraction: float = MIN_CLIP_FRACTION, unknown_holdout=(),
+                  unknown_extra=(), unknown_extra_share: float = 0.0) -> SplitData:
     """Examples of one split of a scanned data set, decoded through the cache. Clips shorter
-    than ``min_clip_fraction`` x ``clip_samples`` are left out (``drop_short_clips``)."""
-    from kwskit.data.speech_commands import build_examples
+    than ``min_clip_fraction`` x ``clip_samples`` are left out (``drop_short_clips``);
+    ``unknown_extra`` data sets add ``unknown_extra_share`` x one keyword's clip count of
+    ``_unknown_`` examples (``extra_unknown_examples``)."""
+    from kwskit.data.speech_commands import (build_examples, extra_unknown_examples,
+                                             keyword_labels)
 
     if min_clip_fraction > 0:
         index = drop_short_clips(index, split, min_clip_fraction * clip_samples / sample_rate, cache_dir)
     examples = build_examples(index, labels, split, silence_share=silence_share,
-                              unknown_share=unknown_share, seed=seed, clip_samples=clip_samples)
+                              unknown_share=unknown_share, seed=seed, clip_samples=clip_samples,
+                              unknown_holdout=unknown_holdout)
+    if unknown_extra and unknown_extra_share > 0:
+        n_kw = sum(1 for e in examples if e.source == "clip")
+        n = round(unknown_extra_share * n_kw / max(1, len(keyword_labels(labels))))
+        examples = examples + extra_unknown_examples(unknown_extra, labels, n, seed,
+                                                     unknown_holdout)
     waves = (cached_waveforms(examples, sample_rate=sample_rate, clip_samples=clip_samples,
                               cache_dir=cache_dir, desc=f"decode {split}")
              if examples else np.zeros((0, clip_samples), np.int16))

@@ -25,6 +25,7 @@ import os
 import posixpath
 import re
 import warnings
+from typing import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -344,7 +345,8 @@ def _silence_examples(index: DatasetIndex, split: str, n: int, label: int,
 
 def build_examples(index: DatasetIndex, labels, split: str, *, silence_share: float = 1.0,
                    unknown_share: float = 1.0, seed: int = 0,
-                   clip_samples: int = CLIP_SAMPLES) -> list[Example]:
+                   clip_samples: int = CLIP_SAMPLES,
+                   unknown_holdout: Sequence[str] = ()) -> list[Example]:
     """Items of one split for a label list (or label-set name, resolved by ``resolve_labels``).
 
     Keyword clips keep their label. Other words are ``_unknown_`` candidates: when the set has
@@ -354,8 +356,10 @@ def build_examples(index: DatasetIndex, labels, split: str, *, silence_share: fl
     recordings (``SILENCE_REGIONS``). mean_keyword_count is the mean clip count over the set's
     keyword labels in this split, so each share of 1.0 adds about one label's worth of items; for
     10 keywords that is ~8.3 % each of the split, close to TF's silence_percentage=10 /
-    unknown_percentage=10 recipe. In the test-archive layout folder names give the labels and
-    nothing is sampled. Order: keywords and direct labels by path, then unknown, then silence.
+    unknown_percentage=10 recipe. Words in ``unknown_holdout`` are never ``_unknown_``
+    candidates (so they can measure how unknown-word rejection generalises). In the test-archive
+    layout folder names give the labels and nothing is sampled. Order: keywords and direct
+    labels by path, then unknown, then silence.
     """
     labels = resolve_labels(labels) if isinstance(labels, str) else list(labels)
     if len(set(labels)) != len(labels):
@@ -369,8 +373,8 @@ def build_examples(index: DatasetIndex, labels, split: str, *, silence_share: fl
         if c.word in lab:
             source = {SILENCE: "silence", UNKNOWN: "unknown"}.get(c.word, "clip")
             direct.append(Example(c.path, lab[c.word], 0, source))
-        elif c.word != SILENCE:  # a _silence_ folder outside the set is never "unknown"
-            candidates.append(c)
+        elif c.word != SILENCE and c.word not in unknown_holdout:
+            candidates.append(c)  # a _silence_ folder outside the set is never "unknown"
 
     if index.layout == "test_archive":
         if UNKNOWN in lab:
@@ -395,6 +399,28 @@ def build_examples(index: DatasetIndex, labels, split: str, *, silence_share: fl
             rng = np.random.default_rng([seed, split_code, 2])
             out += _silence_examples(index, split, n, lab[SILENCE], rng, clip_samples)
     return out
+
+
+def extra_unknown_examples(roots: Sequence[str], labels: Sequence[str], n: int, seed: int = 0,
+                           holdout: Sequence[str] = ()) -> list[Example]:
+    """``n`` ``_unknown_`` examples (seeded) drawn from the clips of other data sets whose words
+    are neither labels nor held out; every split of those sets is used (their speakers are not
+    the main data set's)."""
+    labels = list(labels)
+    if UNKNOWN not in labels or n <= 0 or not roots:
+        return []
+    pool = []
+    for root in roots:
+        index = scan_dataset(root)  # KwsError for a folder that is not a data set
+        pool += [c for c in index.clips
+                 if c.word not in labels and c.word not in holdout and c.word != SILENCE]
+    if not pool:
+        raise KwsError(f"data.unknown_extra: {', '.join(map(str, roots))} hold no words outside "
+                       "the labels")
+    pool.sort(key=lambda c: c.path)
+    rng = np.random.default_rng([seed, 7])
+    picks = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
+    return [Example(pool[i].path, labels.index(UNKNOWN), 0, "unknown") for i in sorted(picks)]
 
 
 def load_split(root, labels, split: str, **kw) -> tuple[list[str], list[Example]]:

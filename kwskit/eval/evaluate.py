@@ -46,7 +46,8 @@ def evaluate_run(run: str | Path, data: str | Path, split: str = "test", batch_s
     for part in parts:
         sd = prepare_split(index, labels, part, silence_share=d.silence_share, unknown_share=d.unknown_share,
                            seed=cfg.train.seed, sample_rate=d.sample_rate, clip_samples=d.clip_samples,
-                           cache_dir=d.cache_dir, min_clip_fraction=d.min_clip_fraction)
+                           cache_dir=d.cache_dir, min_clip_fraction=d.min_clip_fraction,
+                           unknown_holdout=d.unknown_holdout)
         examples += sd.examples
         waves.append(np.asarray(sd.waves))
     if not examples:

@@ -39,8 +39,11 @@ class TrainData:
                            f"{', '.join(words)}); pass --data or --labels")
         common = dict(silence_share=d.silence_share, unknown_share=d.unknown_share, seed=cfg.train.seed,
                       sample_rate=d.sample_rate, clip_samples=d.clip_samples, cache_dir=d.cache_dir,
-                      min_clip_fraction=d.min_clip_fraction)
-        self.train = prepare_split(index, self.labels, "training", **common)
+                      min_clip_fraction=d.min_clip_fraction, unknown_holdout=d.unknown_holdout)
+        # other data sets' words widen _unknown_ in training only: validation stays comparable
+        self.train = prepare_split(index, self.labels, "training", **common,
+                                   unknown_extra=d.unknown_extra,
+                                   unknown_extra_share=d.unknown_extra_share)
         self.val = prepare_split(index, self.labels, "validation", **common)
         if not self.train.examples:
             raise KwsError(f"{self.root}: no training clips for labels {self.labels}")
