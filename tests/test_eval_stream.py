@@ -69,6 +69,26 @@ def test_test_stream_is_seeded_and_labelled(tiny_data):
         assert word_db - noise_db == pytest.approx(20.04, abs=1.5), w
 
 
+def test_loud_noise_fills_pauses_only(tiny_data):
+    """--loud-noise puts noise bursts of RMS 0.03-0.3 into pauses; the words stay as they were."""
+    plain = build_test_stream(tiny_data, LABELS, "test", minutes=1.0, seed=3, progress=False)
+    loud = build_test_stream(tiny_data, LABELS, "test", minutes=1.0, seed=3, progress=False,
+                             loud_noise=1.0)
+    assert plain.words == loud.words and plain.occurrences == loud.occurrences
+    changed = np.abs(loud.audio - plain.audio) > 1e-6
+    for w in loud.words:  # no burst over a word (0.1 s margin)
+        assert not changed[int(w["start"] * SR): int(w["end"] * SR)].any(), w
+    assert changed.mean() > 0.2  # most pauses filled
+    edges = np.flatnonzero(np.diff(changed.astype(np.int8)))  # burst starts and ends
+    bursts = [(a + 1, b + 1) for a, b in zip(edges[::2], edges[1::2]) if b - a > SR // 2]
+    fade = int(0.05 * SR)  # the added noise's level, away from its fades
+    rms = [_rms_db((loud.audio - plain.audio)[a + fade: b - fade]) for a, b in bursts]
+    assert len(rms) >= 5 and min(rms) >= -31.0 and max(rms) <= -9.5  # -30..-10 dBFS
+    assert np.max(np.abs(loud.audio)) <= 1.0
+    with pytest.raises(KwsError, match="--loud-noise"):
+        build_test_stream(tiny_data, LABELS, "test", minutes=1.0, loud_noise=2.0)
+
+
 def _speakers(*ids):
     import hashlib
 

@@ -45,8 +45,9 @@ from kwskit.errors import KwsError
 # --------------------------------------------------------------------------- config
 @dataclass
 class AugmentConfig:
-    """Augmentation settings; defaults reproduce TF's Speech Commands recipe (noise + shift)
-    with the extra augmentations off. Ranges are (low, high), drawn uniformly."""
+    """Augmentation settings; defaults follow TF's Speech Commands recipe (noise + shift) with
+    the extra augmentations off, except that silence examples cover -80..-10 dBFS
+    (``silence_rms_dbfs``; null restores TF's). Ranges are (low, high), drawn uniformly."""
 
     enabled: bool = True  # master switch (off -> identity, e.g. for evaluation)
     noise_prob: float = 0.8  # chance a clip gets background noise
@@ -54,10 +55,10 @@ class AugmentConfig:
     noise_volume: tuple = (0.0, 0.1)  # amplitude factor on the noise, volume mode
     noise_snr_db: tuple = (5.0, 20.0)  # dB, snr mode
     silence_volume: float = 1.0  # noise factor upper bound for silence examples
-    # dBFS range of silence examples' RMS (e.g. [-80, -10]: a quiet room to loud noise); each
-    # silence example is scaled to an RMS drawn uniformly in dB, whatever its noise file's own
-    # level. None keeps the file's level times silence_volume (TF's recipe).
-    silence_rms_dbfs: tuple | None = None
+    # dBFS range of silence examples' RMS (-80..-10: a quiet room to loud noise); each silence
+    # example is scaled to an RMS drawn uniformly in dB, whatever its noise file's own level
+    # (GSC's are all quiet). None keeps the file's level times silence_volume (TF's recipe).
+    silence_rms_dbfs: tuple | None = (-80.0, -10.0)
     shift_prob: float = 1.0
     shift_ms: float = 100.0  # shift drawn in [-shift_ms, +shift_ms]
     gain_prob: float = 0.0

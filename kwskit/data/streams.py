@@ -128,7 +128,7 @@ def _noise_bed(paths: Sequence[str], n: int, rng: np.random.Generator,
 def build_test_stream(data: str | os.PathLike, labels: Sequence[str], split: str = "test",
                       minutes: float = 10.0, snr_db: Sequence[float] = (10.0, 20.0),
                       seed: int = 0, sample_rate: int = SAMPLE_RATE,
-                      progress: bool = True) -> TestStream:
+                      progress: bool = True, loud_noise: float = 0.0) -> TestStream:
     """Generate a long stream from one split of a Speech Commands style data set.
 
     Args:
@@ -138,6 +138,9 @@ def build_test_stream(data: str | os.PathLike, labels: Sequence[str], split: str
         minutes: stream length.
         snr_db: (low, high) dB range the per-word SNR is drawn from (one value = fixed).
         seed: the same seed gives the same stream, sample for sample.
+        loud_noise: share of the pauses between words (those of at least 1 s) filled with a
+            burst of background noise at an RMS drawn from -30 to -10 dBFS (0.03-0.3, a loud
+            room; clipped at full scale like a real recording): stretches that must not fire.
     """
     from tqdm import tqdm
 
@@ -146,6 +149,8 @@ def build_test_stream(data: str | os.PathLike, labels: Sequence[str], split: str
 
     if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
         raise KwsError(f"minutes: must be > 0, got {minutes!r}")
+    if not (isinstance(loud_noise, (int, float)) and 0.0 <= loud_noise <= 1.0):
+        raise KwsError(f"--loud-noise: must be a share in [0, 1], got {loud_noise!r}")
     snr = [float(v) for v in (snr_db if isinstance(snr_db, (list, tuple)) else [snr_db])]
     if not 1 <= len(snr) <= 2 or not all(math.isfinite(v) for v in snr):
         raise KwsError(f"snr: give one value or a low and a high value in dB, got {snr_db!r}")
@@ -226,7 +231,26 @@ def build_test_stream(data: str | os.PathLike, labels: Sequence[str], split: str
     peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
     if peak > 0.99:  # keep the stream inside [-1, 1] without changing any SNR
         audio *= 0.99 / peak
+    if loud_noise > 0:  # after the peak scaling: a loud burst clips, the words stay as they are
+        _add_loud_noise(audio, plan, bed, loud_noise, np.random.default_rng([seed, 6]),
+                        sample_rate)
     return TestStream(audio.astype(np.float32), sample_rate, occurrences, words, noise_name)
+
+
+def _add_loud_noise(audio: np.ndarray, plan: list[dict], bed: np.ndarray, share: float,
+                    rng: np.random.Generator, sample_rate: int) -> None:
+    """Fill ``share`` of the >= 1-s pauses between words with the noise bed scaled to an RMS
+    of 0.03-0.3 (uniform in dB), 0.1 s away from either word, faded in and out."""
+    ends = [p["pos"] + len(p["cut"]) for p in plan]
+    starts = [p["pos"] for p in plan[1:]] + [len(audio)]
+    keep = int(0.1 * sample_rate)
+    for a, b in zip(ends, starts):
+        a, b = a + keep, b - keep
+        if b - a < sample_rate - 2 * keep or rng.random() >= share:
+            continue
+        level = 10 ** (rng.uniform(-30.0, -10.0) / 20.0)
+        burst = bed[a:b] * (level / max(_rms(bed[a:b]), 1e-9))
+        audio[a:b] = np.clip(audio[a:b] + _fade(burst.astype(np.float32), keep // 2), -1, 1)
 
 
 # ---------------------------------------------------------------------------------- labels file

@@ -49,7 +49,8 @@ def calibrate(run: str | os.PathLike, data: str | os.PathLike | None = None,
               snr_db: Sequence[float] = (10.0, 20.0), seed: int = 0,
               target_fa_per_hour: float = 1.0, stream: str | os.PathLike | None = None,
               labels_file: str | os.PathLike | None = None, which: str = "best",
-              window_s: float = 1.0, progress: bool = True) -> tuple[dict, Path]:
+              window_s: float = 1.0, progress: bool = True,
+              loud_noise: float = 0.0) -> tuple[dict, Path]:
     """Fit thresholds on a validation stream and write ``RUN/calibration.json``.
     Returns (calibration, path)."""
     from kwskit.eval.detection import fit_thresholds
@@ -59,7 +60,7 @@ def calibrate(run: str | os.PathLike, data: str | os.PathLike | None = None,
     if not (isinstance(target_fa_per_hour, (int, float)) and target_fa_per_hour > 0):
         raise KwsError(f"--target-fa-per-hour: must be > 0, got {target_fa_per_hour!r}")
     s = score_stream(run, data, split, minutes, snr_db, seed, stream, labels_file, which,
-                     window_s, progress)
+                     window_s, progress, loud_noise)
     if not s.occurrences:
         raise KwsError("calibration needs a stream with keywords in it")
     cal = fit_thresholds(s.scores, s.times, s.labels, s.occurrences, s.duration_s,

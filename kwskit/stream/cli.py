@@ -264,7 +264,7 @@ def cmd_eval_stream(a) -> int:
         a.run, data=a.data, split=a.split, minutes=a.minutes, snr_db=a.snr, seed=a.seed,
         out=a.out, stream=a.stream, labels_file=a.labels_file, which=a.checkpoint,
         window_s=a.window_s, smoothing_s=a.smoothing_s, refractory_s=a.refractory_s,
-        save_audio=a.save_audio)
+        save_audio=a.save_audio, loud_noise=a.loud_noise)
     print(format_summary(result))
     print(f"report: {out / 'det.json'}  plot: {out / 'det.png'}")
     if a.json:
@@ -280,7 +280,7 @@ def cmd_calibrate(a) -> int:
     cal, path = calibrate(a.run, data=a.data, split=a.split, minutes=a.minutes, snr_db=a.snr,
                           seed=a.seed, target_fa_per_hour=a.target_fa_per_hour,
                           stream=a.stream, labels_file=a.labels_file, which=a.checkpoint,
-                          window_s=a.window_s)
+                          window_s=a.window_s, loud_noise=a.loud_noise)
     print(format_calibration(cal))
     print(f"written: {path} (kwskit stream and kwskit export --stream use it by default)")
     return 0
@@ -327,6 +327,8 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--window-s", type=float, default=1.0, help="classifier window (s)")
     e.add_argument("--smoothing-s", type=float, default=0.1, help="posterior smoothing (s)")
     e.add_argument("--refractory-s", type=float, default=1.0, help="debounce per keyword (s)")
+    e.add_argument("--loud-noise", type=float, default=0.0, metavar="SHARE",
+                   help="share of pauses filled with loud noise (RMS 0.03-0.3)")
     e.add_argument("--save-audio", action="store_true", help="also write the stream as FLAC")
     e.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     e.set_defaults(func=cmd_eval_stream)
@@ -348,4 +350,6 @@ def add_parsers(subparsers) -> None:
     c.add_argument("--labels-file", help="CSV/TSV of keyword, start, end (seconds)")
     c.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     c.add_argument("--window-s", type=float, default=1.0, help="classifier window (s)")
+    c.add_argument("--loud-noise", type=float, default=0.0, metavar="SHARE",
+                   help="share of pauses filled with loud noise (RMS 0.03-0.3)")
     c.set_defaults(func=cmd_calibrate)

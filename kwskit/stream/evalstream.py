@@ -46,7 +46,8 @@ def score_stream(run: str | os.PathLike, data: str | os.PathLike | None = None,
                  snr_db: Sequence[float] = (10.0, 20.0), seed: int = 0,
                  stream: str | os.PathLike | None = None,
                  labels_file: str | os.PathLike | None = None, which: str = "best",
-                 window_s: float = 1.0, progress: bool = True) -> ScoredStream:
+                 window_s: float = 1.0, progress: bool = True,
+                 loud_noise: float = 0.0) -> ScoredStream:
     """Build a seeded test stream from ``data``'s ``split`` (default: the data the run was
     trained on) or read a recording and its keyword-times file, and run the model over it
     once (Streamer, one thread, flushed at the end)."""
@@ -76,7 +77,8 @@ def score_stream(run: str | os.PathLike, data: str | os.PathLike | None = None,
     torch.set_num_threads(1)  # small chunks: one thread is fastest and fair to other jobs
     try:
         if stream is None:
-            ts = build_test_stream(data, labels, split, minutes, snr_db, seed, progress=progress)
+            ts = build_test_stream(data, labels, split, minutes, snr_db, seed, progress=progress,
+                                   loud_noise=loud_noise)
             occurrences = ts.occurrences
             scored = run_stream(streamer, array_blocks(ts.audio, streamer.sample_rate),
                                 keep_scores=True, source="test stream",
@@ -84,7 +86,8 @@ def score_stream(run: str | os.PathLike, data: str | os.PathLike | None = None,
             source = {"kind": "generated", "data": str(data), "split": split, "minutes": minutes,
                       "snr_db": list(snr_db) if isinstance(snr_db, (list, tuple)) else [snr_db],
                       "seed": seed, "noise": ts.noise, "words": len(ts.words),
-                      "keyword_share": KEYWORD_SHARE, "gap_s": list(GAP_S)}
+                      "keyword_share": KEYWORD_SHARE, "gap_s": list(GAP_S),
+                      "loud_noise": loud_noise}
         else:
             occurrences = read_labels_file(labels_file, labels)
             scored = stream_file(streamer, stream, chunk_ms=1000.0, keep_scores=True,
@@ -111,7 +114,8 @@ def evaluate_stream(run: str | os.PathLike, data: str | os.PathLike | None = Non
                     out: str | os.PathLike | None = None, stream: str | os.PathLike | None = None,
                     labels_file: str | os.PathLike | None = None, which: str = "best",
                     window_s: float = 1.0, smoothing_s: float = 0.1, refractory_s: float = 1.0,
-                    save_audio: bool = False, progress: bool = True) -> tuple[dict, Path]:
+                    save_audio: bool = False, progress: bool = True,
+                    loud_noise: float = 0.0) -> tuple[dict, Path]:
     """``kwskit eval-stream``: build (or read) a stream, score it once, sweep, write results.
 
     Writes to ``out`` (default RUN/eval-stream): det.json (settings, curves, summary),
@@ -121,7 +125,7 @@ def evaluate_stream(run: str | os.PathLike, data: str | os.PathLike | None = Non
     from kwskit.fsutil import write_json
 
     s = score_stream(run, data, split, minutes, snr_db, seed, stream, labels_file, which,
-                     window_s, progress)
+                     window_s, progress, loud_noise)
     out_dir = Path(out) if out else s.run_dir / "eval-stream"
     result = sweep(s.scores, s.times, s.labels, s.occurrences, s.duration_s,
                    smoothing_s=smoothing_s, refractory_s=refractory_s)
