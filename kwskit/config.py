@@ -43,6 +43,10 @@ class DataConfig:
     unknown_extra: list = field(default_factory=list)
     unknown_extra_share: float = 1.0
     unknown_holdout: list = field(default_factory=list)  # words never used as _unknown_
+    # Extra training examples cut from a stream made of training clips (kwskit.data.streams:
+    # neighbouring words, pauses, loud stretches), labelled by window_label: this many x one
+    # keyword's clip count. 0 = off.
+    stream_windows: float = 0.0
     cache_dir: str | None = None  # None: $KWSKIT_HOME/cache
     num_workers: int = 0
 
@@ -192,6 +196,7 @@ def _check_values(cfg: ExperimentConfig) -> None:
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
         ("data.min_clip_fraction", 0.0 <= cfg.data.min_clip_fraction < 1.0, "must be in [0, 1)"),
         ("data.unknown_extra_share", cfg.data.unknown_extra_share >= 0, "must be >= 0"),
+        ("data.stream_windows", cfg.data.stream_windows >= 0, "must be >= 0"),
         ("data.unknown_extra", all(isinstance(p, str) and p for p in cfg.data.unknown_extra),
          "must be a list of data set folders"),
         ("data.unknown_holdout", all(isinstance(w, str) and w for w in cfg.data.unknown_holdout),

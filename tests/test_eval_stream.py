@@ -89,6 +89,37 @@ def test_loud_noise_fills_pauses_only(tiny_data):
         build_test_stream(tiny_data, LABELS, "test", minutes=1.0, loud_noise=2.0)
 
 
+def test_stream_window_labels_follow_the_rule():
+    from kwskit.data.streams import window_label
+
+    words = [{"word": "yes", "keyword": True, "start": 1.0, "end": 1.4},
+             {"word": "bed", "keyword": False, "start": 2.0, "end": 2.6},
+             {"word": "no", "keyword": True, "start": 3.0, "end": 3.5}]
+    assert window_label(words, 0.6, 1.6, LABELS) == "yes"  # whole keyword inside
+    assert window_label(words, 1.2, 2.2, LABELS) is None  # "yes" cut: left out
+    assert window_label(words, 1.5, 2.5, LABELS) == "_unknown_"  # most of "bed" inside
+    assert window_label(words, 2.4, 2.9, LABELS) == "_silence_"  # a sliver of "bed" only
+    assert window_label(words, 2.0, 3.6, LABELS) == "no"  # a keyword beats an unknown word
+    assert window_label(words, 4.0, 5.0, LABELS) == "_silence_"
+    assert window_label(words, 4.0, 5.0, ["yes", "no"]) is None  # no class for it
+
+
+def test_training_on_stream_windows(tiny_data):
+    from kwskit.config import load_config
+    from kwskit.train.data import TrainData
+
+    cfg = load_config(None, ["data.labels=[yes, no]", "data.stream_windows=1.0",
+                             "train.batch_size=16"])
+    td = TrainData(cfg, str(tiny_data), quiet=True)
+    windows = [e for e in td.train.examples if e.source == "window"]
+    n_kw = sum(1 for e in td.train.examples if e.source == "clip")
+    assert len(windows) == round(n_kw / 2) and len(td.train.waves) == len(td.train.examples)
+    labels = {td.labels[e.label] for e in windows}
+    assert {"yes", "no"} <= labels and labels <= set(td.labels)
+    x, y = td.train_set[len(td.train.examples) - 1]
+    assert x.shape == (16000,) and y == windows[-1].label
+
+
 def _speakers(*ids):
     import hashlib
 

@@ -306,3 +306,61 @@ def write_labels_file(path: str | os.PathLike, occurrences: Sequence[Occurrence]
 
 __all__ = ["GAP_S", "KEYWORD_SHARE", "MARGIN_S", "Occurrence", "TestStream", "build_test_stream",
            "read_labels_file", "speech_bounds", "write_labels_file"]
+
+
+# ---------------------------------------------------------------------------------- windows
+def window_label(words: Sequence[dict], start: float, end: float, labels: Sequence[str]) -> str | None:
+    """The label of the stream window [start, end) (seconds), or None when it is ambiguous.
+
+    The rule: a keyword when that keyword's whole active part lies inside the window (the
+    latest one when there are two); None when a keyword is cut by the window's edge (neither a
+    keyword nor a non-keyword: left out of training); ``_unknown_`` when another word has at
+    least half of its active part inside; else ``_silence_``.
+    """
+    best, unknown = None, False
+    for w in words:
+        a, b = w["start"], w["end"]
+        inside = max(0.0, min(b, end) - max(a, start))
+        if inside <= 0:
+            continue
+        if w["keyword"]:
+            if a >= start and b <= end:
+                best = w if best is None or w["end"] > best["end"] else best
+            else:
+                return None
+        elif inside >= 0.5 * (b - a):
+            unknown = True
+    if best is not None:
+        return best["word"]
+    if unknown:
+        return "_unknown_" if "_unknown_" in labels else None
+    return "_silence_" if "_silence_" in labels else None
+
+
+def stream_windows(stream: TestStream, labels: Sequence[str], n: int, seed: int = 0,
+                   clip_samples: int = 16000) -> tuple[np.ndarray, list[int]]:
+    """``n`` labelled 1-clip windows of ``stream`` (float32 (n', clip_samples), label indices).
+
+    Half the windows (seeded) hold a random keyword whole, at a random place in the window and
+    with whatever neighbours it has; the rest start anywhere. Windows ``window_label`` calls
+    ambiguous are skipped."""
+    rng = np.random.default_rng([seed, 8])
+    sr = stream.sample_rate
+    keywords = [w for w in stream.words if w["keyword"]]
+    x, y = [], []
+    tries = 0
+    last = len(stream.audio) - clip_samples
+    while len(x) < n and tries < 20 * max(n, 1):
+        tries += 1
+        if keywords and rng.random() < 0.5:
+            w = keywords[int(rng.integers(len(keywords)))]
+            end = rng.uniform(w["end"], max(w["end"], w["start"] + clip_samples / sr))
+            s = min(max(0, int(end * sr) - clip_samples), last)
+        else:
+            s = int(rng.integers(0, last))
+        lab = window_label(stream.words, s / sr, (s + clip_samples) / sr, labels)
+        if lab is None:
+            continue
+        x.append(stream.audio[s:s + clip_samples])
+        y.append(list(labels).index(lab))
+    return (np.stack(x).astype(np.float32) if x else np.zeros((0, clip_samples), np.float32)), y

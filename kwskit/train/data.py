@@ -20,6 +20,27 @@ def resolve_data_root(cfg: ExperimentConfig, data: str | None, quiet: bool = Fal
     return str(ensure_default_dataset(quiet=quiet))
 
 
+def with_stream_windows(split, root: str, share: float, seed: int, quiet: bool = True):
+    """``split`` plus ``share`` x one keyword's clip count of windows cut from a stream of the
+    training split's clips (SNR 5-20 dB, 20% of the pauses loud), labelled by
+    ``kwskit.data.streams.window_label``."""
+    import numpy as np
+
+    from kwskit.data.loader import INT16_SCALE, SplitData
+    from kwskit.data.speech_commands import Example, keyword_labels
+    from kwskit.data.streams import build_test_stream, stream_windows
+
+    n_kw = sum(1 for e in split.examples if e.source == "clip")
+    n = round(share * n_kw / max(1, len(keyword_labels(split.labels))))
+    ts = build_test_stream(root, split.labels, "training", minutes=max(1.0, n / 30.0),
+                           snr_db=(5.0, 20.0), seed=seed, progress=not quiet, loud_noise=0.2)
+    x, y = stream_windows(ts, split.labels, n, seed)
+    waves = np.concatenate([np.asarray(split.waves),
+                            np.round(np.clip(x, -1, 1) * INT16_SCALE).astype(np.int16)])
+    extra = [Example(None, label, i, "window") for i, label in enumerate(y)]
+    return SplitData(split.labels, list(split.examples) + extra, waves, split.noises)
+
+
 class TrainData:
     """Train and validation loaders for a config; the train loader reshuffles per epoch."""
 
@@ -47,6 +68,9 @@ class TrainData:
         self.val = prepare_split(index, self.labels, "validation", **common)
         if not self.train.examples:
             raise KwsError(f"{self.root}: no training clips for labels {self.labels}")
+        if d.stream_windows > 0:
+            self.train = with_stream_windows(self.train, self.root, d.stream_windows,
+                                             cfg.train.seed, quiet)
         augment_cfg = AugmentConfig.from_dict(cfg.augment)
         noises = load_noises(index.background, d.sample_rate) if index.background else []
         augment = WaveAugment(augment_cfg, noises)
