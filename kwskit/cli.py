@@ -118,25 +118,21 @@ def _plot(a):
 def _export(a):
     from pathlib import Path
 
-    from kwskit.export.onnx import export_clip, export_stream
+    from kwskit.export.onnx import default_export_path, export_clip, export_stream
     from kwskit.models.io import load_model, resolve_checkpoint
 
     if a.format != "onnx":
         raise KwsError(f"--format: only onnx is supported, got {a.format!r}")
     pipeline, cfg, labels = load_model(a.run, a.checkpoint)
     name = cfg.model.name
-    if a.out:
-        out = Path(a.out)
-    else:
-        ckpt = resolve_checkpoint(a.run, a.checkpoint)
-        out = ckpt.parent.parent / "export" / f"{name}{'-stream' if a.stream else ''}.onnx"
+    out = Path(a.out) if a.out else \
+        default_export_path(resolve_checkpoint(a.run, a.checkpoint), name, a.stream)
     out.parent.mkdir(parents=True, exist_ok=True)
     if a.stream:
-        from kwskit.stream.calibrate import detector_settings, read_calibration
+        from kwskit.stream.calibrate import detector_settings
 
-        cal = read_calibration(a.run)
         card = export_stream(pipeline, labels, out, chunk_ms=a.chunk_ms, window_s=a.window_s,
-                             name=name, calibration=detector_settings(cal) if cal else None)
+                             name=name, calibration=detector_settings(a.run))
         print(f"{out}: streaming {name}, {card['chunk_samples']} samples per call, "
               f"{len(card['states'])} state tensors, delay {card['delay_s'] * 1e3:.0f} ms")
     else:

@@ -233,7 +233,7 @@ def prepare_split(index, labels: list[str], split: str, *, silence_share: float 
     ``unknown_extra`` data sets add ``unknown_extra_share`` x one keyword's clip count of
     ``_unknown_`` examples (``extra_unknown_examples``)."""
     from kwskit.data.speech_commands import (build_examples, extra_unknown_examples,
-                                             keyword_labels)
+                                             mean_keyword_count)
 
     if min_clip_fraction > 0:
         index = drop_short_clips(index, split, min_clip_fraction * clip_samples / sample_rate, cache_dir)
@@ -241,8 +241,7 @@ def prepare_split(index, labels: list[str], split: str, *, silence_share: float 
                               unknown_share=unknown_share, seed=seed, clip_samples=clip_samples,
                               unknown_holdout=unknown_holdout)
     if unknown_extra and unknown_extra_share > 0:
-        n_kw = sum(1 for e in examples if e.source == "clip")
-        n = round(unknown_extra_share * n_kw / max(1, len(keyword_labels(labels))))
+        n = round(unknown_extra_share * mean_keyword_count(examples, labels))
         examples = examples + extra_unknown_examples(unknown_extra, labels, n, seed,
                                                      unknown_holdout)
     waves = (cached_waveforms(examples, sample_rate=sample_rate, clip_samples=clip_samples,

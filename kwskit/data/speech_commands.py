@@ -343,6 +343,14 @@ def _silence_examples(index: DatasetIndex, split: str, n: int, label: int,
     return out
 
 
+def mean_keyword_count(examples: Sequence[Example], labels: Sequence[str]) -> float:
+    """Mean clips per keyword label among ``examples``: the unit in which the silence, unknown
+    and extra shares are counted."""
+    keywords = keyword_labels(labels)
+    n = sum(1 for e in examples if e.source == "clip")
+    return n / len(keywords) if keywords else 0.0
+
+
 def build_examples(index: DatasetIndex, labels, split: str, *, silence_share: float = 1.0,
                    unknown_share: float = 1.0, seed: int = 0,
                    clip_samples: int = CLIP_SAMPLES,
@@ -381,9 +389,7 @@ def build_examples(index: DatasetIndex, labels, split: str, *, silence_share: fl
             direct += [Example(c.path, lab[UNKNOWN], 0, "unknown") for c in candidates]
         return direct
 
-    keywords = keyword_labels(labels)
-    n_kw = sum(1 for e in direct if e.source == "clip")
-    mean_count = n_kw / len(keywords) if keywords else 0.0
+    mean_count = mean_keyword_count(direct, labels)
     split_code = SPLITS.index(split)
     out = list(direct)
 

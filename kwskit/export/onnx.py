@@ -26,6 +26,7 @@ from torch import nn
 from kwskit import __version__
 from kwskit.errors import KwsError
 from kwskit.fsutil import atomic_path
+from kwskit.stream.chunking import chunk_samples
 
 OPSET = 18
 
@@ -99,6 +100,11 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names, output_name
             raise KwsError(f"export to {path} failed: {first}") from None
 
 
+def default_export_path(checkpoint: Path, model: str, stream: bool) -> Path:
+    """Where ``kwskit export`` writes a run's model: RUN/export/MODEL[-stream].onnx."""
+    return Path(checkpoint).parent.parent / "export" / f"{model}{'-stream' if stream else ''}.onnx"
+
+
 def card(pipeline: nn.Module, labels: list[str], name: str) -> dict:
     """What every exported file says about itself."""
     return {"kind": None, "model": name, "labels": list(labels),
@@ -131,10 +137,7 @@ def export_stream(pipeline: nn.Module, labels: list[str], path: str | os.PathLik
     path = Path(path)
     streamer = Streamer(pipeline.eval(), window_s=window_s)  # checks it can stream
     sr, unit = streamer.sample_rate, streamer.unit
-    if not (isinstance(chunk_ms, (int, float)) and chunk_ms > 0):
-        raise KwsError(f"--chunk-ms: must be > 0, got {chunk_ms!r}")
-    frames = max(1, round(chunk_ms / 1000.0 * sr / unit))
-    chunk = frames * unit
+    chunk = chunk_samples(chunk_ms, sr, unit)
     states = pipeline.init_state(1, streamer.window)
     names = [f"state_{i}" for i in range(len(states))]
     prog = _export(_StreamProbs(pipeline), (torch.zeros(1, chunk), *states), path,

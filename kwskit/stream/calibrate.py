@@ -38,8 +38,11 @@ def read_calibration(run: str | os.PathLike) -> dict | None:
     return cal
 
 
-def detector_settings(cal: dict) -> dict:
-    """What the detector and the ONNX card need from a calibration."""
+def detector_settings(run: str | os.PathLike) -> dict | None:
+    """What the detector and the ONNX card need from the run's calibration (None without)."""
+    cal = read_calibration(run)
+    if cal is None:
+        return None
     return {k: cal[k] for k in ("thresholds", "smoothing_s", "refractory_s",
                                 "target_fa_per_hour")}
 

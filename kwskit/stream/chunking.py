@@ -30,6 +30,18 @@ def as_samples(samples) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
+def check_chunk_ms(chunk_ms) -> float:
+    if not (isinstance(chunk_ms, (int, float)) and chunk_ms > 0):
+        raise KwsError(f"--chunk-ms: must be > 0, got {chunk_ms!r}")
+    return float(chunk_ms)
+
+
+def chunk_samples(chunk_ms: float, sample_rate: int, unit: int) -> int:
+    """Samples per model call for about ``chunk_ms`` milliseconds: whole output frames of
+    ``unit`` samples, at least one (the rounding ``kwskit export --stream`` applies)."""
+    return max(1, round(check_chunk_ms(chunk_ms) / 1000.0 * sample_rate / unit)) * unit
+
+
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Softmax in float64, returned as float32. Warm-up rows may hold inf/NaN (a window with
     nothing in it yet); they are dropped afterwards, so their warnings are silenced."""

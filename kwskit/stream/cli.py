@@ -286,6 +286,25 @@ def cmd_calibrate(a) -> int:
     return 0
 
 
+def _add_stream_source(p, split: str, minutes: float, seed: int, what: str, verb: str) -> None:
+    """The options eval-stream and calibrate share: where the stream comes from (generated
+    from a data set's split, or a recording and its labels) and how the model reads it."""
+    p.add_argument("--data", help=f"data set to build {what} from (default: the one the run "
+                   "was trained on)")
+    p.add_argument("--split", default=split, choices=["test", "validation", "train"],
+                   help="split whose speakers and words make the stream")
+    p.add_argument("--minutes", type=float, default=minutes, help="generated stream length")
+    p.add_argument("--snr", type=float, nargs="+", default=[10.0, 20.0], metavar="DB",
+                   help="word SNR in dB: one value or a low and a high")
+    p.add_argument("--seed", type=int, default=seed, help="seed of the generated stream")
+    p.add_argument("--loud-noise", type=float, default=0.0, metavar="SHARE",
+                   help="share of pauses filled with loud noise (RMS 0.03-0.3)")
+    p.add_argument("--stream", help=f"a real recording to {verb} instead (with --labels-file)")
+    p.add_argument("--labels-file", help="CSV/TSV of keyword, start, end (seconds)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
+    p.add_argument("--window-s", type=float, default=1.0, help="classifier window (s)")
+
+
 def add_parsers(subparsers) -> None:
     """Add ``stream``, ``eval-stream`` and ``calibrate`` to the ``kwskit`` sub-command parser."""
     s = subparsers.add_parser("stream", help="detect keywords in long recordings or live audio")
@@ -312,23 +331,10 @@ def add_parsers(subparsers) -> None:
     e = subparsers.add_parser("eval-stream",
                               help="false rejects vs false alarms per hour on long streams")
     e.add_argument("run", help="run directory or checkpoint")
-    e.add_argument("--data", help="data set to build test streams from (default: the one the "
-                   "run was trained on)")
-    e.add_argument("--split", default="test", choices=["test", "validation", "train"],
-                   help="split whose speakers and words make the stream")
-    e.add_argument("--minutes", type=float, default=10.0, help="generated stream length")
-    e.add_argument("--snr", type=float, nargs="+", default=[10.0, 20.0], metavar="DB",
-                   help="word SNR in dB: one value or a low and a high")
-    e.add_argument("--seed", type=int, default=0, help="seed of the generated stream")
+    _add_stream_source(e, "test", 10.0, 0, "the test stream", "score")
     e.add_argument("--out", help="output folder (default: RUN/eval-stream)")
-    e.add_argument("--stream", help="a real recording to score instead (with --labels-file)")
-    e.add_argument("--labels-file", help="CSV/TSV of keyword, start, end (seconds)")
-    e.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
-    e.add_argument("--window-s", type=float, default=1.0, help="classifier window (s)")
     e.add_argument("--smoothing-s", type=float, default=0.1, help="posterior smoothing (s)")
     e.add_argument("--refractory-s", type=float, default=1.0, help="debounce per keyword (s)")
-    e.add_argument("--loud-noise", type=float, default=0.0, metavar="SHARE",
-                   help="share of pauses filled with loud noise (RMS 0.03-0.3)")
     e.add_argument("--save-audio", action="store_true", help="also write the stream as FLAC")
     e.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     e.set_defaults(func=cmd_eval_stream)
@@ -338,18 +344,5 @@ def add_parsers(subparsers) -> None:
     c.add_argument("run", help="run directory")
     c.add_argument("--target-fa-per-hour", type=float, default=1.0,
                    help="false alarms per hour allowed over all keywords")
-    c.add_argument("--data", help="data set to build the calibration stream from (default: the "
-                   "one the run was trained on)")
-    c.add_argument("--split", default="validation", choices=["test", "validation", "train"],
-                   help="split whose speakers and words make the stream")
-    c.add_argument("--minutes", type=float, default=30.0, help="generated stream length")
-    c.add_argument("--snr", type=float, nargs="+", default=[10.0, 20.0], metavar="DB",
-                   help="word SNR in dB: one value or a low and a high")
-    c.add_argument("--seed", type=int, default=1, help="seed of the generated stream")
-    c.add_argument("--stream", help="a real recording to calibrate on (with --labels-file)")
-    c.add_argument("--labels-file", help="CSV/TSV of keyword, start, end (seconds)")
-    c.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
-    c.add_argument("--window-s", type=float, default=1.0, help="classifier window (s)")
-    c.add_argument("--loud-noise", type=float, default=0.0, metavar="SHARE",
-                   help="share of pauses filled with loud noise (RMS 0.03-0.3)")
+    _add_stream_source(c, "validation", 30.0, 1, "the calibration stream", "calibrate on")
     c.set_defaults(func=cmd_calibrate)

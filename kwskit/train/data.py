@@ -27,11 +27,10 @@ def with_stream_windows(split, root: str, share: float, seed: int, quiet: bool =
     import numpy as np
 
     from kwskit.data.loader import INT16_SCALE, SplitData
-    from kwskit.data.speech_commands import Example, keyword_labels
+    from kwskit.data.speech_commands import Example, mean_keyword_count
     from kwskit.data.streams import build_test_stream, stream_windows
 
-    n_kw = sum(1 for e in split.examples if e.source == "clip")
-    n = round(share * n_kw / max(1, len(keyword_labels(split.labels))))
+    n = round(share * mean_keyword_count(split.examples, split.labels))
     ts = build_test_stream(root, split.labels, "training", minutes=max(1.0, n / 30.0),
                            snr_db=(5.0, 20.0), seed=seed, progress=not quiet, loud_noise=0.2)
     x, y = stream_windows(ts, split.labels, n, seed)

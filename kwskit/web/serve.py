@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from kwskit.errors import KwsError
 from kwskit.runtime import read_card
+from kwskit.stream.chunking import check_chunk_ms, chunk_samples
 from kwskit.stream.cli import detector_options, parse_threshold
 from kwskit.stream.detector import Detector
 from kwskit.web.build import FILES, VENDOR, WEB_DIR, build, is_built
@@ -40,8 +41,7 @@ def _fresh(path: Path, checkpoint: Path, chunk_ms: float, window_s: float,
         return False
     if card.get("kind") != "stream":
         return False
-    unit, sr = card["step_samples"], card["sample_rate"]
-    chunk = max(1, round(chunk_ms / 1000.0 * sr / unit)) * unit  # export_stream's rounding
+    chunk = chunk_samples(chunk_ms, card["sample_rate"], card["step_samples"])
     return (card["chunk_samples"] == chunk and abs(card["window_s"] - window_s) < 1e-9
             and card.get("calibration") == calibration)
 
@@ -57,17 +57,15 @@ def stream_model(target: str, checkpoint: str = "best", chunk_ms: float = 10.0,
         if not path.is_file():
             raise KwsError(f"{path}: no such ONNX file")
         return path
-    if not (isinstance(chunk_ms, (int, float)) and chunk_ms > 0):
-        raise KwsError(f"--chunk-ms: must be > 0, got {chunk_ms!r}")
-    from kwskit.export.onnx import export_stream  # torch from here on
+    check_chunk_ms(chunk_ms)  # a bad --chunk-ms is an error before torch loads
+    from kwskit.export.onnx import default_export_path, export_stream  # torch from here on
     from kwskit.models.io import load_model, resolve_checkpoint
-    from kwskit.stream.calibrate import detector_settings, read_calibration
+    from kwskit.stream.calibrate import detector_settings
 
     ckpt = resolve_checkpoint(path, checkpoint)
     pipeline, cfg, labels = load_model(ckpt)
-    cal = read_calibration(ckpt)
-    cal = detector_settings(cal) if cal else None
-    out = ckpt.parent.parent / "export" / f"{cfg.model.name}-stream.onnx"  # as `kwskit export`
+    cal = detector_settings(ckpt)
+    out = default_export_path(ckpt, cfg.model.name, stream=True)
     if _fresh(out, ckpt, chunk_ms, window_s, cal):
         log(f"model: {out} (exported after {ckpt.name})")
         return out
