@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_stream_parsers(sub)  # stream, eval-stream
 
+    from kwskit.compress.cli import add_parsers as add_compress_parsers
+
+    add_compress_parsers(sub)  # distill, quantize, prune, approx
+
     x = sub.add_parser("export", help="export a trained model (ONNX) to run without PyTorch")
     x.add_argument("run", help="run directory or checkpoint")
     x.add_argument("--format", default="onnx", choices=["onnx"], help="file format")

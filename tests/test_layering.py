@@ -1,8 +1,9 @@
 """The package's floors (../shared/DESIGN.md, "Layout"): lower floors never import higher ones.
 
-data/features/layers/models know nothing of train, eval, stream, export or runtime; eval,
-stream, export and runtime load models through models/, never through train/; runtime/ runs
-without torch. Every import statement counts, also those inside functions; imports under
+data/features/layers/models know nothing of train, eval, stream, export, runtime or compress;
+eval, stream, export and runtime load models through models/, never through train/ or
+compress/ (a compressed run rebuilds through models/io.py's ARCH_EDITS); runtime/ runs without
+torch. Every import statement counts, also those inside functions; imports under
 ``if TYPE_CHECKING:`` (annotations only, never run) do not.
 """
 
@@ -18,9 +19,9 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "kwskit"
 
 FORBIDDEN = {
-    **{low: ("train", "eval", "stream", "export", "runtime")
+    **{low: ("train", "eval", "stream", "export", "runtime", "compress")
        for low in ("data", "features", "layers", "models")},
-    **{high: ("train",) for high in ("eval", "stream", "export", "runtime")},
+    **{high: ("train", "compress") for high in ("eval", "stream", "export", "runtime")},
 }
 
 

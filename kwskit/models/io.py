@@ -31,6 +31,7 @@ Every command that takes a model accepts a run directory or a checkpoint file.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import textwrap
 from pathlib import Path
@@ -42,6 +43,11 @@ from kwskit.errors import KwsError
 from kwskit.fsutil import atomic_path
 
 ARCH_KEYS = ("name", "args", "frontend", "input")
+
+# Optional arch keys that compression records: key -> "module:function(pipeline, value) -> pipeline",
+# applied in this order after the registered model is built (e.g. pruned channel counts, then
+# quantization-aware wrappers), so a compressed run rebuilds, resumes and reloads as it is.
+ARCH_EDITS: dict[str, str] = {}
 
 
 def _jsonable(value, what: str):
@@ -99,7 +105,12 @@ def build_from_arch(arch: dict, specaugment: torch.nn.Module | None = None):
     _check_arch(arch)
     frontend = build_frontend(arch["frontend"])
     backbone = create_model(arch["name"], **arch["args"])
-    return KwsPipeline(frontend, backbone, input_kind=arch["input"], specaugment=specaugment)
+    pipeline = KwsPipeline(frontend, backbone, input_kind=arch["input"], specaugment=specaugment)
+    for key, target in ARCH_EDITS.items():
+        if arch.get(key) is not None:
+            module, _, func = target.partition(":")
+            pipeline = getattr(importlib.import_module(module), func)(pipeline, arch[key])
+    return pipeline
 
 
 def build_pipeline(cfg: ExperimentConfig, num_classes: int, arch: dict | None = None):

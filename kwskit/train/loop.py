@@ -55,7 +55,9 @@ def lr_at(cfg: ExperimentConfig, epoch_float: float) -> float:
     return s.min_lr + 0.5 * (base - s.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module,
+                   extra: list | None = None) -> torch.optim.Optimizer:
+    """The config's optimiser over ``model`` (and ``extra`` parameters, e.g. an objective's)."""
     o = cfg.optim
     # No weight decay on norms and biases (1-D tensors), as the published recipes do, nor on
     # what a backbone names in no_weight_decay() (e.g. KWT's class token and position embedding).
@@ -67,6 +69,8 @@ def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim
     no_decay = [p for n, p in named if p.dim() <= 1 or n in skip]
     groups = [{"params": decay, "weight_decay": o.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if extra:
+        groups.append({"params": extra, "weight_decay": o.weight_decay})
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
     if o.name == "adam":
@@ -74,9 +78,33 @@ def make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim
     return torch.optim.AdamW(groups, lr=o.lr)
 
 
+class CrossEntropy(torch.nn.Module):
+    """The default training objective: cross-entropy with the config's label smoothing.
+
+    An objective is the loop's loss seam: ``objective(net, wave, target) -> (loss, logits)``.
+    Distillation (a teacher on the same augmented batch) or a detection loss replace it without
+    touching the loop; parameters it owns (e.g. a feature projection) are trained with the model.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, net, wave, target):
+        logits = net(wave)
+        return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing), logits
+
+
 def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resume: bool = False,
-        tracking_uri: str | None = None, track: bool = True, quiet: bool = False) -> dict:
-    """Train ``cfg`` into run directory ``out``; returns the final metrics dict."""
+        tracking_uri: str | None = None, track: bool = True, quiet: bool = False,
+        objective: torch.nn.Module | None = None, start: dict | None = None) -> dict:
+    """Train ``cfg`` into run directory ``out``; returns the final metrics dict.
+
+    ``objective`` replaces the cross-entropy loss (``CrossEntropy``'s call signature).
+    ``start`` = ``{"arch": spec, "model": state_dict}`` starts from given weights of a given
+    structure (a pruned or quantization-aware model, a found architecture) instead of a fresh
+    model from the config; the checkpoints record that ``arch``, so the run reloads as it is.
+    """
     from kwskit.train.data import TrainData
 
     out = Path(out)
@@ -110,11 +138,14 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
     cfg.data.root = td.root  # the saved config names the data it was trained on (and --resume uses it)
     labels = td.labels
     # the structure the checkpoints record (a resumed run keeps the one it was saved with)
-    arch = state.get("arch") if state is not None else None
+    arch = state.get("arch") if state is not None else (start or {}).get("arch")
     arch = arch or arch_of(cfg, len(labels))
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_pipeline(cfg, len(labels), arch).to(device)
-    optimizer = make_optimizer(cfg, model)
+    if start is not None and state is None:
+        model.load_state_dict(start["model"])
+    objective = (objective or CrossEntropy(cfg.train.label_smoothing)).to(device)
+    optimizer = make_optimizer(cfg, model, extra=list(objective.parameters()))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     history, best, start_epoch, mlflow_id = [], None, 0, None
     if state is not None:
@@ -146,8 +177,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
                     g["lr"] = lr
                 wave, target = wave.to(device, non_blocking=True), target.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = net(wave)
-                    loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.train.label_smoothing)
+                    loss, logits = objective(net, wave, target)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.train.grad_clip > 0:
