@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[train,onnx,test,tracking]'
+	$(BIN)/pip install -q -e '.[train,onnx,compress,test,tracking]'
 	touch $@
 
 venv: $(BIN)/.installed
