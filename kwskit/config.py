@@ -83,6 +83,19 @@ class TrainConfig:
 
 
 @dataclass
+class MiningConfig:
+    """Hard-negative mining (kwskit.train.mining): ``rounds`` times during training, the current
+    model scores ``minutes`` of keyword-free audio built from the training split (other words,
+    babble, loud noise); up to ``share`` x one keyword's clip count of the windows whose top
+    keyword probability reaches ``threshold`` join the training set as _unknown_ / _silence_."""
+
+    rounds: int = 0  # 0 = off
+    minutes: float = 10.0
+    threshold: float = 0.3
+    share: float = 0.5
+
+
+@dataclass
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     frontend: dict = field(default_factory=lambda: {"type": "logmel", "n_mels": 40})
@@ -91,6 +104,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -197,6 +211,11 @@ def _check_values(cfg: ExperimentConfig) -> None:
         ("data.min_clip_fraction", 0.0 <= cfg.data.min_clip_fraction < 1.0, "must be in [0, 1)"),
         ("data.unknown_extra_share", cfg.data.unknown_extra_share >= 0, "must be >= 0"),
         ("data.stream_windows", cfg.data.stream_windows >= 0, "must be >= 0"),
+        ("mining.rounds", 0 <= cfg.mining.rounds < cfg.train.epochs,
+         "must be >= 0 and below train.epochs (a round happens between epochs)"),
+        ("mining.minutes", cfg.mining.minutes > 0, "must be > 0"),
+        ("mining.threshold", 0.0 < cfg.mining.threshold < 1.0, "must be a probability in (0, 1)"),
+        ("mining.share", cfg.mining.share > 0, "must be > 0"),
         ("data.unknown_extra", all(isinstance(p, str) and p for p in cfg.data.unknown_extra),
          "must be a list of data set folders"),
         ("data.unknown_holdout", all(isinstance(w, str) and w for w in cfg.data.unknown_holdout),

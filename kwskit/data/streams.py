@@ -128,7 +128,8 @@ def _noise_bed(paths: Sequence[str], n: int, rng: np.random.Generator,
 def build_test_stream(data: str | os.PathLike, labels: Sequence[str], split: str = "test",
                       minutes: float = 10.0, snr_db: Sequence[float] = (10.0, 20.0),
                       seed: int = 0, sample_rate: int = SAMPLE_RATE,
-                      progress: bool = True, loud_noise: float = 0.0) -> TestStream:
+                      progress: bool = True, loud_noise: float = 0.0,
+                      keyword_share: float = KEYWORD_SHARE) -> TestStream:
     """Generate a long stream from one split of a Speech Commands style data set.
 
     Args:
@@ -141,6 +142,8 @@ def build_test_stream(data: str | os.PathLike, labels: Sequence[str], split: str
         loud_noise: share of the pauses between words (those of at least 1 s) filled with a
             burst of background noise at an RMS drawn from -30 to -10 dBFS (0.03-0.3, a loud
             room; clipped at full scale like a real recording): stretches that must not fire.
+        keyword_share: share of the words that are keywords; 0 gives keyword-free audio
+            (the negatives of hard-negative mining).
     """
     from tqdm import tqdm
 
@@ -164,9 +167,12 @@ def build_test_stream(data: str | os.PathLike, labels: Sequence[str], split: str
     others = sorted(c.path for c in clips if c.word not in labels and c.word != "_silence_")
     if not clips:
         raise KwsError(f"{data}: no clips in the {name} split (try --split validation)")
-    if not by_kw:
+    if not by_kw and keyword_share > 0:
         raise KwsError(f"{data}: no clips of the model's keywords ({', '.join(keywords)}) "
                        f"in the {name} split")
+    if not others and keyword_share <= 0:
+        raise KwsError(f"{data}: no words other than the keywords in the {name} split, so no "
+                       "keyword-free stream can be built")
     rng = np.random.default_rng([seed, 5])
     n_total = int(round(minutes * 60 * sample_rate))
 
@@ -184,7 +190,7 @@ def build_test_stream(data: str | os.PathLike, labels: Sequence[str], split: str
     bar = tqdm(total=n_total // sample_rate, desc="build stream", unit="s", disable=None,
                leave=False) if progress else None
     while pos < n_total - sample_rate:
-        is_kw = not others or rng.random() < KEYWORD_SHARE
+        is_kw = not others or rng.random() < keyword_share
         if is_kw:
             word = kw_names[int(rng.integers(len(kw_names)))]
             path = draw(word, by_kw[word])

@@ -24,20 +24,29 @@ def with_stream_windows(split, root: str, share: float, seed: int, quiet: bool =
     """``split`` plus ``share`` x one keyword's clip count of windows cut from a stream of the
     training split's clips (SNR 5-20 dB, 20% of the pauses loud), labelled by
     ``kwskit.data.streams.window_label``."""
-    import numpy as np
-
-    from kwskit.data.loader import INT16_SCALE, SplitData
-    from kwskit.data.speech_commands import Example, mean_keyword_count
+    from kwskit.data.speech_commands import mean_keyword_count
     from kwskit.data.streams import build_test_stream, stream_windows
 
     n = round(share * mean_keyword_count(split.examples, split.labels))
     ts = build_test_stream(root, split.labels, "training", minutes=max(1.0, n / 30.0),
                            snr_db=(5.0, 20.0), seed=seed, progress=not quiet, loud_noise=0.2)
     x, y = stream_windows(ts, split.labels, n, seed)
-    waves = np.concatenate([np.asarray(split.waves),
-                            np.round(np.clip(x, -1, 1) * INT16_SCALE).astype(np.int16)])
-    extra = [Example(None, label, i, "window") for i, label in enumerate(y)]
-    return SplitData(split.labels, list(split.examples) + extra, waves, split.noises)
+    return extend_split(split, x, y, "window")
+
+
+def extend_split(split, waves, labels, source: str):
+    """``split`` plus float waves (n, clip_samples) labelled ``labels`` (indices), stored as
+    int16 like the cached clips; their examples carry ``source``."""
+    import numpy as np
+
+    from kwskit.data.loader import INT16_SCALE, SplitData
+    from kwskit.data.speech_commands import Example
+
+    waves = np.round(np.clip(np.asarray(waves, np.float32), -1, 1) * INT16_SCALE).astype(np.int16)
+    extra = [Example(None, int(label), i, source) for i, label in enumerate(labels)]
+    return SplitData(split.labels, list(split.examples) + extra,
+                     np.concatenate([np.asarray(split.waves), waves.reshape(len(extra), np.asarray(split.waves).shape[1])]),
+                     split.noises)
 
 
 class TrainData:
@@ -73,16 +82,28 @@ class TrainData:
         augment_cfg = AugmentConfig.from_dict(cfg.augment)
         noises = load_noises(index.background, d.sample_rate) if index.background else []
         augment = WaveAugment(augment_cfg, noises)
-        self.train_set = KwsDataset(self.train, augment=augment, seed=cfg.train.seed)
+        self._augment, self._cfg, self._rank, self._world = augment, cfg, rank, world
+        self._make_train_loader()
         self.val_set = KwsDataset(self.val, augment=None)
-        self.train_sampler = ShardedEpochSampler(len(self.train_set), cfg.train.seed, rank, world)
         val_sampler = ShardedEpochSampler(len(self.val_set), 0, rank, world, shuffle=False, pad=False)
-        workers = d.num_workers
+        self.val_loader = torch.utils.data.DataLoader(
+            self.val_set, batch_size=cfg.train.eval_batch_size, sampler=val_sampler, num_workers=0)
+
+    def _make_train_loader(self) -> None:
+        cfg, workers = self._cfg, self._cfg.data.num_workers
+        self.train_set = KwsDataset(self.train, augment=self._augment, seed=cfg.train.seed)
+        self.train_sampler = ShardedEpochSampler(len(self.train_set), cfg.train.seed, self._rank,
+                                                 self._world)
         self.train_loader = torch.utils.data.DataLoader(
             self.train_set, batch_size=cfg.train.batch_size, sampler=self.train_sampler,
             num_workers=workers, persistent_workers=workers > 0, drop_last=False)
-        self.val_loader = torch.utils.data.DataLoader(
-            self.val_set, batch_size=cfg.train.eval_batch_size, sampler=val_sampler, num_workers=0)
+
+    def add_examples(self, waves, labels, source: str) -> None:
+        """More training examples from now on (float waves, label indices), e.g. mined
+        hard negatives; they are augmented like every clip."""
+        if len(labels):
+            self.train = extend_split(self.train, waves, labels, source)
+            self._make_train_loader()
 
     def set_epoch(self, epoch: int) -> None:
         self.train_sampler.set_epoch(epoch)

@@ -161,10 +161,18 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
         write_labels(out, labels)
     mlflow_id = tracker.start(out.name, cfg.to_dict(), resume_id=mlflow_id)
 
-    steps_per_epoch = len(td.train_loader)
+    miner = None
+    if cfg.mining.rounds > 0:
+        from kwskit.train.mining import HardNegativeMiner
+
+        miner = HardNegativeMiner(cfg, td, out, quiet=quiet or not main)
+        miner.restore(td, start_epoch)
     status = "FAILED"
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
+            if miner is not None:
+                miner(model, td, epoch)  # a mining round adds hard negatives to the training set
+            steps_per_epoch = len(td.train_loader)
             td.set_epoch(epoch)
             torch.manual_seed(cfg.train.seed * 1_000_003 + epoch + 1)  # dropout, SpecAugment
             net.train()
@@ -197,6 +205,8 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
                    "train_acc": train_correct / train_seen, "val_loss": val["loss"],
                    "val_acc": val["accuracy"], "seconds": round(seconds, 2),
                    "clips_per_s": round(train_seen / seconds, 1)}
+            if miner is not None:
+                row["hard_negatives"] = miner.total
             history.append(row)
             # Without a validation split the last epoch counts as the best.
             improved = (best is None or val["accuracy"] is None
