@@ -115,6 +115,38 @@ def _plot(a):
     return 0
 
 
+def _plot_det(a):
+    import json
+    from pathlib import Path
+
+    from kwskit.eval.detection import frr_at_fa
+    from kwskit.eval.plots import plot_det_compare
+
+    paths = [Path(r) / "eval-stream" / "det.json" if Path(r).is_dir() else Path(r) for r in a.results]
+    names = [n.strip() for n in a.names.split(",")] if a.names else \
+        [p.parent.parent.name if p.parent.name == "eval-stream" else p.stem for p in paths]
+    if len(names) != len(paths):
+        raise KwsError(f"--names: {len(names)} names for {len(paths)} results")
+    results = {}
+    for name, p in zip(names, paths):
+        try:
+            res = json.loads(p.read_text())
+            res["curves"]["overall"], res["duration_s"]  # noqa: B018 -- the keys a DET needs
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KwsError(f"{p}: not an eval-stream det.json ({type(exc).__name__}: {exc})") from None
+        results[name] = res
+        row = "  ".join(f"{g:g}/h {_pct(frr_at_fa(res['curves']['overall'], res['thresholds'], g)['frr'])}"
+                        for g in (0.5, 1, 5, 10))
+        print(f"{name:24s} misses at {row}")
+    plot_det_compare(results, a.out)
+    print(f"plot: {a.out}")
+    return 0
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
 def _export(a):
     from pathlib import Path
 
@@ -261,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("runs", nargs="+", help="run directories")
     pp.add_argument("--out", default="pareto.png", help="PNG to write")
     pp.set_defaults(func=_plot)
+    pd = psub.add_parser("det", help="overall DET curves of several eval-stream results on one plot")
+    pd.add_argument("results", nargs="+",
+                    help="det.json files written by eval-stream, or runs (RUN/eval-stream/det.json)")
+    pd.add_argument("--names", help="comma-separated legend names (default: the run folders)")
+    pd.add_argument("--out", default="det.png", help="PNG to write")
+    pd.set_defaults(func=_plot_det)
 
     m = sub.add_parser("models", help="list the registered models")
     m.set_defaults(func=_models)

@@ -194,6 +194,28 @@ def test_sweep_with_oracle_scores_and_a_false_alarm():
     assert frr_at_fa(ov, res["thresholds"], 100.0)["frr"] == 0.0
 
 
+def test_plot_det_compares_results_on_one_plot(tmp_path, capsys):
+    from kwskit.cli import main as cli
+
+    occ = [Occurrence("yes" if i % 2 else "no", 3.0 * i + 1, 3.0 * i + 1.5) for i in range(20)]
+    for name, distractor in (("clean", None), ("noisy", Occurrence("yes", 62.0, 62.4))):
+        s, t = _oracle_scores(occ, 65.0, distractor=distractor)
+        res = sweep(s, t, LABELS, occ, duration_s=65.0)
+        (tmp_path / name / "eval-stream").mkdir(parents=True)
+        (tmp_path / name / "eval-stream" / "det.json").write_text(json.dumps(res))
+    out = tmp_path / "det.png"
+    assert cli(["plot", "det", str(tmp_path / "clean"), str(tmp_path / "noisy" / "eval-stream" / "det.json"),
+                "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("clean") and "1/h 0.0%" in lines[0]  # no false alarm, no miss
+    assert lines[1].startswith("noisy") and "0.5/h 0.0%" not in lines[1]  # its false alarm costs
+    assert out.stat().st_size > 10_000
+    (tmp_path / "bad.json").write_text("{}")
+    assert cli(["plot", "det", str(tmp_path / "bad.json"), "--out", str(out)]) == 2
+    assert "bad.json: not an eval-stream det.json" in capsys.readouterr().err
+    assert cli(["plot", "det", str(tmp_path / "clean"), "--names", "a,b"]) == 2
+
+
 def test_labels_file_round_trip_and_errors(tmp_path):
     occ = [Occurrence("yes", 1.25, 1.75), Occurrence("no", 4.0, 4.5)]
     write_labels_file(tmp_path / "l.tsv", occ)

@@ -201,6 +201,36 @@ def plot_det(result: dict, path: str | os.PathLike, title: str | None = None):
     return fig
 
 
+def plot_det_compare(results: dict, path: str | os.PathLike, title: str | None = None,
+                     marks: Sequence[float] = (0.5, 1.0, 5.0, 10.0)) -> Figure:
+    """Overall DET curves of several sweeps on one plot (e.g. old vs new training on the same
+    stream): ``results`` maps a name to a ``sweep`` result; the ``marks`` FA/h are dotted."""
+    if not results:
+        raise KwsError("plot det: no results to plot")
+    fig = Figure(figsize=(7.5, 5.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for (name, res), color in zip(results.items(), _colors(len(results))):
+        c = res["curves"]["overall"]
+        x, y = det_envelope(c["fa_per_hour"], c["frr"])
+        ax.plot(x, 100 * y, color=color, linewidth=1.8, drawstyle="steps-post",
+                label=f"{name} ({res['occurrences']['overall']})")
+    for m in marks:
+        ax.axvline(m, color="0.6", linestyle=":", linewidth=1)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
+    ax.set_ylim(-3, 103)
+    ax.set_yticks(range(0, 101, 20))
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
+    _light_axes(ax, "false alarms per hour (symlog)", "false rejects (% of keyword occurrences)")
+    minutes = max(r["duration_s"] for r in results.values()) / 60.0
+    ax.set_title(title or f"Streaming DET, overall, {minutes:.0f} min stream", fontsize=11)
+    ax.legend(fontsize=7.5, frameon=False, loc="upper right", title="run (occurrences)",
+              title_fontsize=7.5)
+    _save(fig, path)
+    return fig
+
+
 def plot_pareto(points: Sequence[dict], path: str | os.PathLike, title: str | None = None,
                 metric: str = "accuracy") -> Figure:
     """Accuracy against MACs and against parameter bytes (seed 004's Metric-FLOPs and
