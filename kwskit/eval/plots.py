@@ -167,6 +167,20 @@ def _light_axes(ax, xlabel: str, ylabel: str) -> None:
         ax.spines[side].set_visible(False)
 
 
+def _det_axes(ax, marks: Sequence[float]) -> None:
+    """A DET plot's axes: symlog FA/h from 0, FRR in %, the ``marks`` FA/h dotted."""
+    for m in marks:
+        ax.axvline(m, color="0.5", linestyle=":", linewidth=1)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
+    # below 0 and above 100: a keyword with no misses (or all missed) stays visible instead
+    # of running along the axis itself
+    ax.set_ylim(-3, 103)
+    ax.set_yticks(range(0, 101, 20))
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
+    _light_axes(ax, "false alarms per hour (symlog)", "false rejects (% of keyword occurrences)")
+
+
 def plot_det(result: dict, path: str | os.PathLike, title: str | None = None):
     """DET curves (false-reject rate vs false alarms per hour, symlog x) as PNG, overall in
     black, one coloured line per keyword (each the ``det_envelope`` of its sweep); the 1 FA/h
@@ -184,15 +198,7 @@ def plot_det(result: dict, path: str | os.PathLike, title: str | None = None):
     x, y = det_envelope(c["fa_per_hour"], c["frr"])
     ax.plot(x, 100 * y, color="black", linewidth=2.2,
             label=f"overall ({result['occurrences']['overall']})", drawstyle="steps-post")
-    ax.axvline(1.0, color="0.5", linestyle=":", linewidth=1)
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlim(left=0)
-    # below 0 and above 100: a keyword with no misses (or all missed) stays visible instead
-    # of running along the axis itself
-    ax.set_ylim(-3, 103)
-    ax.set_yticks(range(0, 101, 20))
-    ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
-    _light_axes(ax, "false alarms per hour (symlog)", "false rejects (% of keyword occurrences)")
+    _det_axes(ax, (1.0,))
     minutes = result["duration_s"] / 60.0
     ax.set_title(title or f"Streaming DET, {minutes:.0f} min stream", fontsize=11)
     ax.legend(fontsize=7.5, frameon=False, loc="upper right", title="keyword (occurrences)",
@@ -215,14 +221,7 @@ def plot_det_compare(results: dict, path: str | os.PathLike, title: str | None =
         x, y = det_envelope(c["fa_per_hour"], c["frr"])
         ax.plot(x, 100 * y, color=color, linewidth=1.8, drawstyle="steps-post",
                 label=f"{name} ({res['occurrences']['overall']})")
-    for m in marks:
-        ax.axvline(m, color="0.6", linestyle=":", linewidth=1)
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlim(left=0)
-    ax.set_ylim(-3, 103)
-    ax.set_yticks(range(0, 101, 20))
-    ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
-    _light_axes(ax, "false alarms per hour (symlog)", "false rejects (% of keyword occurrences)")
+    _det_axes(ax, marks)
     minutes = max(r["duration_s"] for r in results.values()) / 60.0
     ax.set_title(title or f"Streaming DET, overall, {minutes:.0f} min stream", fontsize=11)
     ax.legend(fontsize=7.5, frameon=False, loc="upper right", title="run (occurrences)",
