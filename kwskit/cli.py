@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="evaluate a trained model on a data set")
-    e.add_argument("run", help="run directory or checkpoint")
+    e.add_argument("run", help="run directory, checkpoint or exported clip .onnx (a quantized "
+                   "run: its quantized ONNX model)")
     e.add_argument("--data", required=True, help="data set folder (train layout or official test archive)")
     e.add_argument("--split", default="test", choices=["test", "validation", "train", "all"],
                    help="split of a training-layout data set")
@@ -319,6 +320,12 @@ EXAMPLES = {
     "eval-stream": "kwskit eval-stream runs/bcresnet1-20261203 --minutes 30",
     "calibrate": "kwskit calibrate runs/bcresnet1-20261203 --target-fa-per-hour 1",
     "plot pareto": "kwskit plot pareto runs/* --out pareto.png",
+    "plot det": "kwskit plot det runs/old runs/new --names old,new --out det.png",
+    "distill": "kwskit distill --teacher runs/crnn-teacher --config configs/crnn.yaml "
+               "--set model.args.hidden=16 --out runs/crnn-kd",
+    "quantize": "kwskit quantize runs/bcresnet1-20261203 --mode int8 --out runs/bc1-int8",
+    "prune": "kwskit prune runs/dscnn-s --sparsity 0.5 --finetune-epochs 3 --out runs/dscnn-s-p50",
+    "approx": "kwskit approx runs/sincconv --cordic-iters 12 --log-segments 4 --out runs/sincconv-hw",
     "models": "kwskit models",
     "export": "kwskit export runs/bcresnet1-20261203 --stream --chunk-ms 10",
     "serve": "kwskit serve runs/bcresnet1-20261203 --port 8000",

@@ -60,3 +60,14 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_new_out(out) -> None:
+    """KwsError unless ``out`` is a new or empty folder: a command that writes a run never
+    mixes its files with others."""
+    from kwskit.errors import KwsError
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "is a folder with other files in it" if out.is_dir() else "is a file"
+        raise KwsError(f"{out}: {what}, not a kwskit run; choose a new or empty folder for --out")

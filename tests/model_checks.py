@@ -149,3 +149,15 @@ def assert_clip_is_last_frame(model: nn.Module, x: torch.Tensor, atol: float) ->
         frames = model.forward_frames(x, window=model.num_out_frames(x.shape[-1]))
         torch.testing.assert_close(frames[..., -1], clip, atol=atol, rtol=0)
         torch.testing.assert_close(model.forward_frames(x)[..., -1], clip, atol=atol, rtol=0)
+
+
+# The start of a ``python -c`` script that runs as if torch were not installed: checks that
+# the runtime, ``kwskit stream MODEL.onnx`` and ``kwskit serve`` never import it.
+NO_TORCH_PRELUDE = """
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)  # as if absent
+sys.meta_path.insert(0, NoTorch())
+"""

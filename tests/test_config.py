@@ -93,7 +93,7 @@ def test_budget_compresses_the_schedule():
 
 def test_default_config_is_complete():
     assert set(ExperimentConfig().to_dict()) == {"model", "frontend", "augment", "data",
-                                                  "optim", "schedule", "train"}
+                                                  "optim", "schedule", "train", "mining"}
 
 
 @pytest.mark.parametrize("name, payload", [

@@ -28,6 +28,7 @@ from kwskit.runtime import OnnxClassifier, OnnxStreamer, read_card  # noqa: E402
 from kwskit.stream.streaming import Streamer, scores_whole  # noqa: E402
 from test_streaming import (LABELS, make_run, make_signal, randomize, recipe_pipeline,  # noqa: E402
                             scale_head, stream_cli)
+from model_checks import NO_TORCH_PRELUDE  # noqa: E402
 
 SR = 16000
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -143,14 +144,7 @@ def test_export_and_stream_commands(tmp_path, capsys):
         stream_cli(["stream", str(tmp_path / "bad.onnx"), str(tmp_path / "a.wav")])
 
 
-BLOCK_TORCH = """
-import importlib.abc, sys
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)  # as if absent
-sys.meta_path.insert(0, NoTorch())
-import json, kwskit.runtime
+BLOCK_TORCH = NO_TORCH_PRELUDE + """import json, kwskit.runtime
 from kwskit.stream.detector import Detector
 from kwskit.stream.longaudio import stream_file
 s = kwskit.runtime.OnnxStreamer(sys.argv[1])

@@ -38,6 +38,7 @@ from kwskit.stream.longaudio import array_blocks, run_stream, stream_file
 from kwskit.web import build as web_build
 from kwskit.web.build import FILES, VENDOR, WEB_DIR
 from kwskit.web.serve import _fresh, make_server, stream_model
+from model_checks import NO_TORCH_PRELUDE
 from test_streaming import SR, energy_detector, make_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -340,14 +341,7 @@ def test_the_page_detector_is_the_python_detector(seed):
                                atol=1e-12)
 
 
-BLOCK_TORCH = """
-import importlib.abc, sys
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, NoTorch())
-from kwskit.cli import main
+BLOCK_TORCH = NO_TORCH_PRELUDE + """from kwskit.cli import main
 rc = main(["serve", sys.argv[1], "--port", "0"])
 assert "torch" not in sys.modules
 sys.exit(rc)

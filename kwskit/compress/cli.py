@@ -18,30 +18,219 @@ def add_parsers(sub) -> None:
 # --- distill -------------------------------------------------------------------------------
 
 def _add_distill(sub) -> None:
-    pass
+    d = sub.add_parser("distill", help="train a student model with a trained teacher's guidance "
+                       "(soft targets, feature maps, attention over time)")
+    d.add_argument("--teacher", required=True, metavar="RUN",
+                   help="teacher run directory or checkpoint (its labels must be the student's)")
+    d.add_argument("--config", metavar="YAML",
+                   help="the student's YAML recipe (default: built-in defaults)")
+    d.add_argument("--out", required=True, metavar="RUN", help="new run directory for the student")
+    d.add_argument("--data", metavar="DIR", help="data set folder (default: the student "
+                   "config's data.root, else the teacher's)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a student config value (e.g. model.args.hidden=16)")
+    d.add_argument("--budget-epochs", type=int, metavar="E",
+                   help="train E epochs with the recipe's lr schedule compressed into them")
+    d.add_argument("--temperature", type=float, default=4.0, metavar="T",
+                   help="soft-target temperature T (Hinton et al. 2015)")
+    d.add_argument("--alpha", type=float, default=0.5, metavar="A",
+                   help="weight of the soft-target KL; 1 - alpha weighs the labels' "
+                   "cross-entropy (0: no logit distillation)")
+    d.add_argument("--feature-weight", type=float, default=0.0, metavar="W",
+                   help="weight of the FitNets feature MSE (0 = off)")
+    d.add_argument("--attention-weight", type=float, default=0.0, metavar="W",
+                   help="weight of the KL between teacher and student attention over time "
+                   "(0 = off)")
+    d.add_argument("--student-layer", default="backbone.body", metavar="NAME",
+                   help="student module whose output the feature MSE compares (backbone.body: "
+                   "the last feature map before the classifier's pooling)")
+    d.add_argument("--teacher-layer", default="backbone.body", metavar="NAME",
+                   help="teacher module whose output the feature MSE compares")
+    d.add_argument("--tracking-uri", help="MLflow tracking URI (default: a local store in the run)")
+    d.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    d.set_defaults(func=_distill)
+
+
+def _distill(a):
+    from kwskit.compress.distill import distill
+    from kwskit.config import budget_overrides, load_config
+
+    overrides = list(a.set or [])
+    if a.budget_epochs:  # before --set, so an explicit --set still wins
+        overrides[:0] = budget_overrides(load_config(a.config), a.budget_epochs)
+    cfg = load_config(a.config, overrides)
+    result = distill(cfg, a.out, a.teacher, data=a.data, temperature=a.temperature,
+                     alpha=a.alpha, feature_weight=a.feature_weight,
+                     attention_weight=a.attention_weight, student_layer=a.student_layer,
+                     teacher_layer=a.teacher_layer, quiet=False, track=not a.no_mlflow,
+                     tracking_uri=a.tracking_uri)
+    best = result["best"] or {}
+    if best.get("val_acc") is not None:
+        teacher = result["distill"]["teacher_val_acc"]
+        than = f" (teacher {teacher:.4f})" if teacher is not None else ""
+        print(f"best val_acc {best['val_acc']:.4f} at epoch {best['epoch']}{than}")
+    print(f"run: {result['run']}")
+    return 0
 
 
 # --- quantize (post-training) and quantization-aware training -------------------------------
 
 def _add_quantize(sub) -> None:
-    pass
+    q = sub.add_parser("quantize", help="post-training quantization: int8 / fp16 ONNX models, "
+                       "or weights rounded to n bits (--qat: quantization-aware training)")
+    q.add_argument("run", help="trained run directory or checkpoint")
+    q.add_argument("--out", required=True, help="new run directory (new or empty folder)")
+    q.add_argument("--mode", default="int8", choices=["int8", "fp16", "weights"],
+                   help="int8: static int8 ONNX models (conv / linear weights per channel, "
+                   "their activations calibrated); fp16: half-precision ONNX models; weights: "
+                   "a PyTorch run with its weights rounded to --bits per output channel")
+    q.add_argument("--bits", type=int, default=8,
+                   help="weight bits, 1-8 (--mode weights, --qat)")
+    q.add_argument("--data", help="data set for the calibration and the validation accuracy "
+                   "(default: the run's own)")
+    q.add_argument("--calib-clips", type=int, default=500,
+                   help="int8: training clips to calibrate activation ranges on")
+    q.add_argument("--chunk-ms", type=float, default=10.0,
+                   help="int8/fp16: audio per call of the streaming model (ms)")
+    q.add_argument("--window-s", type=float, default=1.0,
+                   help="int8/fp16: the streaming model's classifier window (s)")
+    q.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
+    q.add_argument("--seed", type=int, default=0, help="which calibration clips (seed)")
+    _add_qat_args(q)
+    q.set_defaults(func=_quantize)
+
+
+def _quantize(a):
+    if getattr(a, "qat", False):
+        return _qat(a)
+    from kwskit.compress.quantize import format_summary, quantize_run
+
+    summary = quantize_run(a.run, a.out, mode=a.mode, bits=a.bits, data=a.data,
+                           calib_clips=a.calib_clips, chunk_ms=a.chunk_ms,
+                           window_s=a.window_s, which=a.checkpoint, seed=a.seed)
+    print(format_summary(summary))
+    return 0
 
 
 def _add_qat_args(q) -> None:
     """The ``--qat`` options of ``kwskit quantize``."""
+    import argparse
+
+    g = q.add_argument_group("quantization-aware training (--qat)")
+    g.add_argument("--qat", action="store_true",
+                   help="fine-tune the run with n-bit weights and activations simulated "
+                   "(BatchNorm folded, straight-through gradients) into a new PyTorch run; "
+                   "--mode is then ignored")
+    g.add_argument("--weight-bits", dest="bits", type=int, default=argparse.SUPPRESS,
+                   metavar="N", help="--qat: weight bits per output channel, 1-8 "
+                   "(same as --bits; 1 = sign x mean|w|)")
+    g.add_argument("--act-bits", type=int, default=8, metavar="N",
+                   help="--qat: activation bits per tensor, 4-8")
+    g.add_argument("--first-last-bits", type=int, default=8, metavar="N",
+                   help="--qat: weight bits of the first and last layer (0 = --weight-bits)")
+    g.add_argument("--epochs", type=int, default=3, help="--qat: fine-tuning epochs")
+    g.add_argument("--lr", type=float, default=None,
+                   help="--qat: peak learning rate of the cosine schedule "
+                   "(default: the run's optim.lr; a tenth of it at 8/8 bits)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="--qat: override a value of the run's config (e.g. train.batch_size=64)")
+    g.add_argument("--tracking-uri", help="--qat: MLflow tracking URI (default: a local store "
+                   "in the run)")
+    g.add_argument("--no-mlflow", action="store_true", help="--qat: do not log to MLflow")
 
 
 def _qat(a):
-    raise NotImplementedError
+    from kwskit.compress.qat import qat_run
+
+    result = qat_run(a.run, a.out, weight_bits=a.bits, act_bits=a.act_bits,
+                     first_last_bits=a.first_last_bits or None, epochs=a.epochs, lr=a.lr,
+                     data=a.data, which=a.checkpoint, calib_clips=a.calib_clips,
+                     overrides=a.set, quiet=False, track=not a.no_mlflow,
+                     tracking_uri=a.tracking_uri)
+    r = result["qat"]
+    name = f"w{r['spec']['weight_bits']}a{r['spec']['act_bits']}"
+    parts = [f"{label} {r[key]:.4f}" for label, key in (
+        ("float", "float_val_acc"), (f"{name} rounded, no training", "rounded_val_acc"),
+        (f"{name} QAT", "qat_val_acc")) if r.get(key) is not None]
+    if parts:
+        print("val_acc: " + ", ".join(parts))
+    print(f"run: {result['run']}")
+    return 0
 
 
 # --- prune ---------------------------------------------------------------------------------
 
 def _add_prune(sub) -> None:
-    pass
+    p = sub.add_parser("prune", help="structured pruning: remove whole channels (torch-pruning), "
+                       "fine-tune, write a smaller run")
+    p.add_argument("run", help="trained run directory or checkpoint")
+    p.add_argument("--sparsity", required=True, metavar="S",
+                   help="share of the backbone's MACs to remove, between 0 and 1 (e.g. 0.5); "
+                   "parameters shrink by about as much")
+    p.add_argument("--out", required=True, help="new run directory (new or empty folder)")
+    p.add_argument("--finetune-epochs", type=int, default=3, metavar="N",
+                   help="fine-tuning epochs after each pruning step (0: none)")
+    p.add_argument("--steps", type=int, default=1, metavar="K",
+                   help="prune in K steps to S/K, 2S/K, ..., S, fine-tuning after each")
+    p.add_argument("--importance", default="l1", choices=["l1", "bn", "taylor"],
+                   help="channel ranking: l1 weight magnitude, bn BatchNorm scale (network "
+                   "slimming), taylor first-order Taylor |w * grad|")
+    p.add_argument("--round-to", type=int, default=4, metavar="N",
+                   help="keep a multiple of N channels in every pruned layer: ONNX Runtime's "
+                   "convolutions are much slower at other widths (1: exact widths)")
+    p.add_argument("--data", help="data set for fine-tuning and validation (default: the run's own)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of the fine-tune's cosine schedule (default: the "
+                   "run's optim.lr)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a value of the run's config for fine-tuning "
+                   "(e.g. train.batch_size=64)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
+    p.set_defaults(func=_prune)
+
+
+def _prune(a):
+    from kwskit.compress.prune import format_summary, prune_run
+
+    report = prune_run(a.run, a.out, sparsity=a.sparsity, steps=a.steps,
+                       finetune_epochs=a.finetune_epochs, importance=a.importance, data=a.data,
+                       which=a.checkpoint, lr=a.lr, round_to=a.round_to, overrides=a.set,
+                       quiet=False)
+    print(format_summary(report))
+    return 0
 
 
 # --- approx (hardware approximations) ------------------------------------------------------
 
 def _add_approx(sub) -> None:
-    pass
+    p = sub.add_parser("approx", help="compute a SincConv model's sinc filters (CORDIC sine, "
+                       "shift-subtract division) and log compression (exponent + linear "
+                       "mantissa) as hardware would; no training")
+    p.add_argument("run", help="trained SincConv run directory or checkpoint")
+    p.add_argument("--out", required=True, help="new run directory (new or empty folder)")
+    p.add_argument("--sinc", choices=["exact", "cordic"],
+                   help="sinc filter taps: float (exact) or fixed-point CORDIC (default cordic)")
+    p.add_argument("--log", choices=["exact", "log2pwl"],
+                   help="log compression: float (exact) or exponent + piecewise-linear mantissa "
+                   "(default log2pwl)")
+    p.add_argument("--cordic-iters", type=int, metavar="N",
+                   help="CORDIC iterations, 1-32 (default 16)")
+    p.add_argument("--frac-bits", type=int, metavar="B",
+                   help="fractional bits of the fixed-point filter arithmetic, 10-24 (default 16)")
+    p.add_argument("--log-segments", type=int, metavar="K",
+                   help="linear pieces of the log's mantissa, 1-64 (default 1: log2(1+u) ~ u)")
+    p.add_argument("--data", help="data set for the validation accuracy before/after "
+                   "(default: the run's own)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="which checkpoint")
+    p.set_defaults(func=_approx)
+
+
+def _approx(a):
+    from kwskit.compress.approx import approximate_run, format_summary
+
+    record = approximate_run(a.run, a.out, sinc=a.sinc, log=a.log, cordic_iters=a.cordic_iters,
+                             frac_bits=a.frac_bits, log_segments=a.log_segments, data=a.data,
+                             which=a.checkpoint)
+    print(format_summary(record))
+    return 0

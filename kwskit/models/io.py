@@ -47,7 +47,11 @@ ARCH_KEYS = ("name", "args", "frontend", "input")
 # Optional arch keys that compression records: key -> "module:function(pipeline, value) -> pipeline",
 # applied in this order after the registered model is built (e.g. pruned channel counts, then
 # quantization-aware wrappers), so a compressed run rebuilds, resumes and reloads as it is.
-ARCH_EDITS: dict[str, str] = {}
+ARCH_EDITS: dict[str, str] = {
+    "pruned": "kwskit.models.pruned:resize_modules",  # first: channel counts (kwskit prune)
+    "approx": "kwskit.layers.approx_math:apply_approx",  # hardware sinc + log (kwskit approx)
+    "qat": "kwskit.layers.quant:apply_qat",  # last: wraps the layers built before (--qat)
+}
 
 
 def _jsonable(value, what: str):

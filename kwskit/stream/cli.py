@@ -149,14 +149,21 @@ class _LiveLine:
 # ------------------------------------------------------------------------------ commands
 def open_streamer(model: str, window_s: float, threads: int, checkpoint: str = "best"):
     """(streamer, labels, calibration or None) for a run directory or checkpoint (PyTorch)
-    or an exported ``.onnx`` streaming model (ONNX Runtime; torch is not imported)."""
-    if str(model).endswith(".onnx"):
+    or an exported ``.onnx`` streaming model (ONNX Runtime; torch is not imported). A run
+    that ``kwskit quantize`` wrote holds a quantized streaming model: it streams with that."""
+    quantized = None
+    if not str(model).endswith(".onnx"):
+        from kwskit.eval.evaluate import quantized_export
+
+        quantized = quantized_export(model, "stream")
+    if quantized is not None or str(model).endswith(".onnx"):
         from kwskit.runtime import OnnxStreamer
 
-        streamer = OnnxStreamer(model, threads=threads)
+        streamer = OnnxStreamer(quantized or model, threads=threads)
         if abs(streamer.window_s - window_s) > 1e-9:
-            raise KwsError(f"--window-s: {model} was exported with a {streamer.window_s:g}-s "
-                           f"window; export again with --window-s {window_s:g}")
+            again = "quantize again" if quantized else "export again"
+            raise KwsError(f"--window-s: {quantized or model} was exported with a "
+                           f"{streamer.window_s:g}-s window; {again} with --window-s {window_s:g}")
         return streamer, streamer.labels, streamer.card.get("calibration")
     import torch
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from kwskit.config import ExperimentConfig, config_from_dict, save_config
 from kwskit.errors import KwsError
-from kwskit.fsutil import write_json
+from kwskit.fsutil import check_new_out, write_json
 from kwskit.models.io import arch_of, build_pipeline, read_checkpoint, save_checkpoint
 from kwskit.threads import choose_threads
 from kwskit.train import distributed as dd
@@ -117,9 +117,8 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
         cfg = config_from_dict(state["config"])  # the run's own config wins on resume
     elif (out / "checkpoints" / "last.pt").exists():
         raise KwsError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        what = "is a folder with other files in it" if out.is_dir() else "is a file"
-        raise KwsError(f"{out}: {what}, not a kwskit run; choose a new or empty folder for --out")
+    else:
+        check_new_out(out)
 
     device = pick_device(cfg.train.device)
     rank, world = dd.init_distributed(device)
