@@ -342,6 +342,9 @@ def test_the_page_detector_is_the_python_detector(seed):
 
 
 BLOCK_TORCH = NO_TORCH_PRELUDE + """from kwskit.cli import main
+import signal
+# a shell that started the tests in the background leaves SIGINT ignored, and children inherit it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 rc = main(["serve", sys.argv[1], "--port", "0"])
 assert "torch" not in sys.modules
 sys.exit(rc)
