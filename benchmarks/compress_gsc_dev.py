@@ -26,10 +26,12 @@ How each number is measured:
   initializer except the front-end's constants (mel filterbank, window: fixed, not learned;
   shown in their own column) and int64 index tensors -- so int8 weights count 1 byte each plus
   their scales and zero points, fp16 2, float 4, and whatever ONNX Runtime's quantizer leaves
-  float (the GRU: it has no quantized GRU kernel) 4. A QAT run's ONNX holds its n-bit values in
-  int8 containers, so QAT rows count from the model instead: each quantized conv / linear
-  weight at n bits packed plus a float32 scale per output channel, its (BatchNorm-folded) bias,
-  the activation ranges (2 floats each) and every other tensor at 4 bytes.
+  float (the GRU: it has no quantized GRU kernel) 4. A QAT run's exported ONNX stores its
+  weights as float32 (each followed by QuantizeLinear / DequantizeLinear), so QAT rows count
+  what an n-bit deployment stores, from the model: each quantized conv / linear weight at n
+  bits packed plus a float32 scale per output channel, its (BatchNorm-folded) bias, the
+  activation ranges (2 floats each) and every other tensor at 4 bytes. compress.json keeps
+  every row's ONNX byte counts per element type too.
 - MACs: ``kwskit.eval.profile.profile_model`` on a 1-s clip (FlopCounterMode): the model alone,
   and the front-end separately.
 - speed: process CPU time of ``kwskit.runtime.OnnxStreamer.step`` over ``--seconds`` of real
@@ -421,7 +423,8 @@ def render(rows: list[dict], meta: dict) -> str:
         "- **bytes**: the backbone's tensors as the streaming ONNX model stores them (int8 = 1 "
         "byte + scales / zero points, fp16 = 2, float 4; what ONNX Runtime cannot quantize, "
         "e.g. the GRU, stays float); QAT rows: n-bit weights packed + a float32 scale per output "
-        "channel + the rest float32 (their ONNX file holds the n-bit values in int8). The "
+        "channel + the rest float32 (what an n-bit deployment stores; their ONNX files keep the "
+        "weights in float32 before a QuantizeLinear). The "
         "front-end's constants (mel filterbank, window) are not weights: own column.",
         "- **MACs**: the model on one 1-s clip (FlopCounterMode), front-end in its own column.",
         "- **FAR/FRR area**: mean over the 8 keywords of `kwskit eval`'s per-keyword area (FRR "
@@ -461,9 +464,9 @@ def ok_why(r: dict) -> str:
     return ", ".join(k for k, v in r["checks"].items() if not v) or "-"
 
 
-def plot(rows: list[dict], key: str, xlabel: str, path: Path) -> None:
+def plot(rows: list[dict], key: str, xlabel: str, region: str, path: Path) -> None:
     """Accuracy against ``key`` per group, base and settings labelled, the 10x region (x <=
-    base / 10, accuracy >= 0.9 x base) shaded."""
+    base / 10, accuracy >= 0.9 x base; legend ``region``) shaded."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter, NullFormatter
@@ -483,7 +486,7 @@ def plot(rows: list[dict], key: str, xlabel: str, path: Path) -> None:
         lo_y = min(ys + [90 * base["accuracy"]]) - 3
         hi_y = min(100.0, max(ys) + 2)
         ax.fill_between([lo_x, base[key] / 10], 90 * base["accuracy"], hi_y, color="tab:green",
-                        alpha=0.12, label="10x smaller, >= 0.9 x base accuracy")
+                        alpha=0.12, label=f"{region}, >= 0.9 x base accuracy")
         ax.axvline(base[key] / 10, color="tab:green", linestyle=":", linewidth=1)
         ax.axhline(90 * base["accuracy"], color="tab:green", linestyle=":", linewidth=1)
         for r in g:
@@ -497,7 +500,8 @@ def plot(rows: list[dict], key: str, xlabel: str, path: Path) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation accuracy (%)")
-        ax.set_title(f"{group}: green = meets all 10x checks, red = not", fontsize=10)
+        ax.set_title(f"{group}: green = meets all four 10x checks (bytes, speed, accuracy, "
+                     "FAR/FRR), red = not", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(f"Accuracy against {xlabel.split(' (')[0]} (gsc-dev mini10)")
@@ -521,7 +525,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=7, help="base/setting timing pairs")
     ap.add_argument("--no-train", action="store_true", help="measure only the runs that exist")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--render", action="store_true",
+                    help="only redraw the table and plots from the compress.json there")
     a = ap.parse_args()
+    if a.render:
+        return render_saved(Path(a.out), f"-{a.only}" if a.only else "")
 
     import platform
 
@@ -593,11 +601,19 @@ def main() -> int:
             "data": a.data, "student": STUDENT}
     suffix = f"-{a.only}" if a.only else ""
     write_json(out / f"compress{suffix}.json", {"meta": meta, "rows": rows})
+    return render_saved(out, suffix)
+
+
+def render_saved(out: Path, suffix: str) -> int:
+    """Write the markdown table and both plots from ``compress{suffix}.json`` in ``out``."""
+    saved = json.loads((out / f"compress{suffix}.json").read_text())
+    meta, rows = saved["meta"], saved["rows"]
     meta["not_made"] = {f"{r['group']} {r['name']}": r["blocked"] for r in blocked}
     (out / f"compress{suffix}.md").write_text(render(rows, meta) + "\n")
-    plot(rows, "macs", "MACs per 1-s clip (model, front-end excluded)",
+    plot(rows, "macs", "MACs per 1-s clip (model, front-end excluded)", "10x fewer MACs",
          out / f"compress{suffix}_macs.png")
-    plot(rows, "bytes", "weight bytes (at stored precision)", out / f"compress{suffix}_bytes.png")
+    plot(rows, "bytes", "weight bytes (at stored precision)", "10x fewer bytes",
+         out / f"compress{suffix}_bytes.png")
     print(render(rows, meta))
     return 0
 
