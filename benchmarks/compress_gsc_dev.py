@@ -3,6 +3,7 @@
     KWSKIT_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/compress_gsc_dev.py
     python benchmarks/compress_gsc_dev.py --only crnn   # one row group
     python benchmarks/compress_gsc_dev.py --no-train    # measure the runs that exist
+    python benchmarks/compress_gsc_dev.py --render      # redraw table + plots from the JSON
 
 The base is the CRNN recipe (configs/crnn.yaml, mini10, runs/crnn-teacher; Shan et al. 2018,
 arXiv:1803.10916). Every setting is made by kwskit's own commands (``python -m kwskit train /
@@ -598,7 +599,8 @@ def main() -> int:
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
             "ort": onnxruntime.__version__, "torch": torch.__version__,
             "chunk_ms": a.chunk_ms, "seconds": a.seconds, "repeats": a.repeats,
-            "data": a.data, "student": STUDENT}
+            "data": a.data, "student": STUDENT,
+            "not_made": {f"{r['group']} {r['name']}": r["blocked"] for r in blocked}}
     suffix = f"-{a.only}" if a.only else ""
     write_json(out / f"compress{suffix}.json", {"meta": meta, "rows": rows})
     return render_saved(out, suffix)
@@ -608,7 +610,6 @@ def render_saved(out: Path, suffix: str) -> int:
     """Write the markdown table and both plots from ``compress{suffix}.json`` in ``out``."""
     saved = json.loads((out / f"compress{suffix}.json").read_text())
     meta, rows = saved["meta"], saved["rows"]
-    meta["not_made"] = {f"{r['group']} {r['name']}": r["blocked"] for r in blocked}
     (out / f"compress{suffix}.md").write_text(render(rows, meta) + "\n")
     plot(rows, "macs", "MACs per 1-s clip (model, front-end excluded)", "10x fewer MACs",
          out / f"compress{suffix}_macs.png")
