@@ -44,20 +44,9 @@ def approximation_errors(exact: torch.nn.Module, approx: torch.nn.Module, spec: 
 def validation_accuracy(models: list, cfg, labels: list[str], root: str) -> tuple[list[float], int]:
     """Accuracy of each model on the validation split of ``root`` (the clips ``kwskit eval
     --split validation`` scores, built with the run's data settings), and the clip count."""
-    from kwskit.data.loader import prepare_split
-    from kwskit.data.speech_commands import scan_dataset
-    from kwskit.eval.evaluate import predict
+    from kwskit.eval.evaluate import predict, split_clips
 
-    d = cfg.data
-    split = prepare_split(scan_dataset(root), labels, "validation", silence_share=d.silence_share,
-                          unknown_share=d.unknown_share, seed=cfg.train.seed,
-                          sample_rate=d.sample_rate, clip_samples=d.clip_samples,
-                          cache_dir=d.cache_dir, min_clip_fraction=d.min_clip_fraction,
-                          unknown_holdout=d.unknown_holdout)
-    if not split.examples:
-        raise KwsError(f"{root}: no validation clips for labels {labels}")
-    waves = np.asarray(split.waves)
-    target = np.array([ex.label for ex in split.examples])
+    waves, target, _ = split_clips(cfg, labels, root, "validation")
     return [float((predict(m, waves, desc="validation").argmax(1) == target).mean())
             for m in models], len(target)
 
