@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from kwskit.compress.cli import add_parsers as add_compress_parsers
 
-    add_compress_parsers(sub)  # distill, quantize, prune, approx
+    add_compress_parsers(sub)  # distill, quantize, prune, approx, nas
 
     x = sub.add_parser("export", help="export a trained model (ONNX) to run without PyTorch")
     x.add_argument("run", help="run directory or checkpoint")
@@ -325,6 +325,7 @@ EXAMPLES = {
                "--set model.args.hidden=16 --out runs/crnn-kd",
     "quantize": "kwskit quantize runs/bcresnet1-20261203 --mode int8 --out runs/bc1-int8",
     "prune": "kwskit prune runs/dscnn-s --sparsity 0.5 --finetune-epochs 3 --out runs/dscnn-s-p50",
+    "nas": "kwskit nas --data DIR --labels mini10 --target-macs 2.5M --out runs/nas-2.5m",
     "approx": "kwskit approx runs/sincconv --cordic-iters 12 --log-segments 4 --out runs/sincconv-hw",
     "models": "kwskit models",
     "export": "kwskit export runs/bcresnet1-20261203 --stream --chunk-ms 10",

@@ -1,4 +1,4 @@
-"""``kwskit distill``, ``quantize``, ``prune`` and ``approx``: arguments and commands.
+"""``kwskit distill``, ``quantize``, ``prune``, ``approx`` and ``nas``: arguments and commands.
 
 ``add_parsers(subparsers)`` adds the sub-commands to the ``kwskit`` parser; heavy imports
 (torch, onnx, the model) happen only when one of them runs. Every command writes a new run
@@ -13,6 +13,7 @@ def add_parsers(sub) -> None:
     _add_quantize(sub)
     _add_prune(sub)
     _add_approx(sub)
+    _add_nas(sub)
 
 
 # --- distill -------------------------------------------------------------------------------
@@ -233,4 +234,92 @@ def _approx(a):
                              frac_bits=a.frac_bits, log_segments=a.log_segments, data=a.data,
                              which=a.checkpoint)
     print(format_summary(record))
+    return 0
+
+
+# --- nas (architecture search) -------------------------------------------------------------
+
+def parse_amount(text: str, what: str) -> float:
+    """'5M', '2.5e6', '500K' -> a positive float; KwsError naming ``what`` otherwise."""
+    from kwskit.errors import KwsError
+
+    t = str(text).strip().upper()
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(t[-1:], 1.0)
+    try:
+        v = float(t[:-1] if scale != 1.0 else t) * scale
+    except ValueError:
+        v = float("nan")
+    if not v > 0:
+        raise KwsError(f"{what}: expected a positive amount such as 5M, 2.5e6 or 800K, got {text!r}")
+    return v
+
+
+def _add_nas(sub) -> None:
+    p = sub.add_parser("nas", help="architecture search (ProxylessNAS) of an MBConv model under "
+                       "a MACs or latency budget; writes the found model's config")
+    p.add_argument("--out", required=True, metavar="RUN", help="new run directory for the search")
+    p.add_argument("--data", metavar="DIR", help="data set folder (default: the config's data.root, "
+                   "else the built-in synthetic set)")
+    p.add_argument("--labels", help="label set (mini10, gsc12, 'yes,no,...')")
+    p.add_argument("--config", metavar="YAML", help="training recipe of the supernet and of the "
+                   "found model (default: kwskit.compress.nas.RECIPE, as configs/mbconv_net.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--target-macs", metavar="N", help="MACs per 1-s clip to aim at, e.g. 2.5M")
+    budget.add_argument("--target-latency-us", metavar="US", help="CPU latency per clip to aim "
+                        "at, microseconds, one thread (each op is timed on this machine)")
+    p.add_argument("--beta", type=float, default=8.0, help="exponent of the cost term: larger "
+                   "pulls the expected cost harder towards the target (0: ignore cost)")
+    p.add_argument("--alpha", type=float, default=1.0, help="scale of the regularised loss")
+    p.add_argument("--width-mult", type=float, default=1.0, metavar="W",
+                   help="every channel count times W")
+    p.add_argument("--n-mfcc", type=int, metavar="N", help="MFCCs of the front-end (default: "
+                   "the config's)")
+    p.add_argument("--epochs", type=int, default=6, help="search epochs (weights and architecture)")
+    p.add_argument("--warmup-epochs", type=int, default=3,
+                   help="weight-only epochs before the architecture starts to move")
+    p.add_argument("--arch-lr", type=float, default=0.02, help="Adam learning rate of alpha "
+                   "(001: 4e-3 over ~100x more steps than this default search)")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="share of the training clips kept for architecture steps")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.set_defaults(func=_nas)
+
+
+def _nas_config(a):
+    from kwskit.config import load_config
+
+    overrides = list(a.set or [])
+    if a.labels:
+        overrides.append(f"data.labels={a.labels}")
+    if a.n_mfcc:
+        overrides.append(f"frontend.n_mfcc={a.n_mfcc}")
+    if a.config:
+        return load_config(a.config, overrides)
+    from kwskit.compress.nas import default_config
+
+    return default_config(overrides)
+
+
+def _nas(a):
+    from kwskit.compress.nas import SearchSettings, search
+    from kwskit.errors import KwsError
+
+    if not a.resume and not (a.target_macs or a.target_latency_us):
+        raise KwsError("nas: give a budget: --target-macs N (e.g. 2.5M) or --target-latency-us US")
+    if a.target_latency_us:
+        target, cost = parse_amount(a.target_latency_us, "--target-latency-us"), "latency"
+    else:
+        target, cost = (parse_amount(a.target_macs, "--target-macs"), "macs") if a.target_macs \
+            else (1.0, "macs")  # resume: the saved settings win
+    settings = SearchSettings(target=target, cost=cost, alpha=a.alpha, beta=a.beta,
+                              arch_lr=a.arch_lr, warmup_epochs=a.warmup_epochs, epochs=a.epochs,
+                              holdout=a.holdout, width_mult=a.width_mult)
+    result = search(_nas_config(a), a.out, settings, data=a.data, resume=a.resume)
+    found = result["found"]
+    unit = "MACs" if result["settings"]["cost"] == "macs" else "us"
+    print(f"found: {' '.join(found['ops'])}")
+    print(f"cost {found['cost']:,.0f} {unit} (target {result['settings']['target']:,.0f}), "
+          f"{found['params']:,} params, search {result['search_seconds'] / 60:.1f} min")
+    print(f"train it: kwskit train --config {a.out}/found.yaml --out RUN")
     return 0

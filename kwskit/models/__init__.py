@@ -7,7 +7,7 @@ A new family file registers itself with ``@register_model`` and is imported belo
 from kwskit.models.registry import create_model, list_models, model_info, register_model
 
 from kwskit.models import (  # noqa: E402,F401  (registration side effects)
-    bcresnet, crnn, dscnn, kwt, lambda_resnet, matchboxnet, res15, sincconv, tcresnet,
+    bcresnet, crnn, dscnn, kwt, lambda_resnet, matchboxnet, mbconv, res15, sincconv, tcresnet,
 )
 
 __all__ = ["create_model", "list_models", "model_info", "register_model"]
