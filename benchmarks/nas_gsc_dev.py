@@ -5,7 +5,7 @@
 Every entry of ``EXPERIMENTS`` is two commands, run as subprocesses with one torch thread:
 
     kwskit nas --data DATA --labels mini10 --target-macs T --beta B --n-mfcc N --width-mult W \
-        --out runs/nas/NAME/search                     # default search: 3 warm-up + 6 epochs
+        --loss L --out runs/nas/NAME/search            # default search: 3 warm-up + 6 epochs
     kwskit train --config runs/nas/NAME/search/found.yaml --data DATA --labels mini10 \
         --budget-epochs 15 --set train.batch_size=100 --set train.threads=1 \
         --out runs/nas/NAME/train
@@ -37,15 +37,16 @@ sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
 EPOCHS, BATCH = 15, 100
-# name -> (target MACs, beta, n_mfcc, width multiplier)
+# name -> (target MACs, beta, n_mfcc, width multiplier, loss)
 EXPERIMENTS = {
-    "t1.5M-mfcc10-w1": ("1.5M", 8.0, 10, 1.0),
-    "t2.5M-mfcc10-w1": ("2.5M", 8.0, 10, 1.0),
-    "t5M-mfcc10-w1": ("5M", 8.0, 10, 1.0),
-    "t2.5M-mfcc20-w1": ("2.5M", 8.0, 20, 1.0),
-    "t2.5M-mfcc40-w1": ("2.5M", 8.0, 40, 1.0),
-    "t2.5M-mfcc10-w0.75": ("2.5M", 8.0, 10, 0.75),
-    "t2.5M-mfcc10-w1.25": ("2.5M", 8.0, 10, 1.25),
+    "t1.5M-mfcc10-w1": ("1.5M", 8.0, 10, 1.0, "target"),
+    "t2.5M-mfcc10-w1": ("2.5M", 8.0, 10, 1.0, "target"),
+    "t5M-mfcc10-w1": ("5M", 8.0, 10, 1.0, "target"),
+    "t2.5M-mfcc20-w1": ("2.5M", 8.0, 20, 1.0, "target"),
+    "t2.5M-mfcc40-w1": ("2.5M", 8.0, 40, 1.0, "target"),
+    "t2.5M-mfcc10-w0.75": ("2.5M", 8.0, 10, 0.75, "target"),
+    "t2.5M-mfcc10-w1.25": ("2.5M", 8.0, 10, 1.25, "target"),
+    "mullog-b8-mfcc10-w1": ("2.5M", 8.0, 10, 1.0, "mul-log"),  # 001's loss: the target is moot
 }
 ZOO = ("dscnn_s", "bcresnet1", "tcresnet8", "crnn", "bcresnet3", "matchboxnet_3x1x64",
        "lambda_resnet18", "sincconv_gdsconv")
@@ -77,7 +78,7 @@ def train_done(out: Path) -> bool:
 
 
 def experiment(name: str, data: str, runs: Path) -> None:
-    target, beta, n_mfcc, width = EXPERIMENTS[name]
+    target, beta, n_mfcc, width, loss = EXPERIMENTS[name]
     s_out, t_out = runs / name / "search", runs / name / "train"
     if not search_done(s_out):
         cmd = ["kwskit", "nas", "--out", str(s_out)]
@@ -85,7 +86,7 @@ def experiment(name: str, data: str, runs: Path) -> None:
             cmd.append("--resume")
         else:
             cmd += ["--data", data, "--labels", "mini10", "--target-macs", target, "--beta",
-                    str(beta), "--n-mfcc", str(n_mfcc), "--width-mult", str(width)]
+                    str(beta), "--n-mfcc", str(n_mfcc), "--width-mult", str(width), "--loss", loss]
         run(cmd, runs / name / "search.log")
     if not train_done(t_out):
         if (t_out / "checkpoints" / "last.pt").exists():
@@ -107,8 +108,9 @@ def found_row(name: str, runs: Path) -> dict | None:
     search = json.loads((s_out / "search.json").read_text())
     metrics = json.loads((t_out / "metrics.json").read_text())
     prof = profile_target(str(t_out), latency=False)
-    target, beta, n_mfcc, width = EXPERIMENTS[name]
-    return {"name": name, "kind": "found", "target": target, "beta": beta, "n_mfcc": n_mfcc,
+    target, beta, n_mfcc, width, loss = EXPERIMENTS[name]
+    return {"name": name, "kind": "found", "target": target if loss == "target" else "-",
+            "loss": loss, "beta": beta, "n_mfcc": n_mfcc,
             "width_mult": width, "ops": search["found"]["ops"], "macs": prof["macs"],
             "params": prof["params"], "val_acc": metrics["best"]["val_acc"],
             "search_cost": search["found"]["cost"],
@@ -193,12 +195,12 @@ def write_results(runs: Path) -> None:
         return best, r["val_acc"] > best
 
     lines = [f"Measured {date} on this 2-core CPU, one torch thread per job, mini10, one seed.", "",
-             "| found model | target | n_mfcc | width | ops (8 layers) | params | MACs | val acc "
+             "| found model | loss | target | n_mfcc | width | ops (8 layers) | params | MACs | val acc "
              "| best zoo at <= MACs | above the zoo front? | search | training |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(found, key=lambda q: q["macs"]):
         best, above = beats_zoo(r)
-        lines.append(f"| {r['name']} | {r['target']} | {r['n_mfcc']} | {r['width_mult']:g} | "
+        lines.append(f"| {r['name']} | {r['loss']} (beta {r['beta']:g}) | {r['target']} | {r['n_mfcc']} | {r['width_mult']:g} | "
                      f"`{' '.join(r['ops'])}` | {r['params']:,} | {r['macs'] / 1e6:.2f} M | "
                      f"{100 * r['val_acc']:.2f}% | {100 * best:.2f}% | {'yes' if above else 'no'} | "
                      f"{r['search_min']:.0f} min | {r['train_min']:.0f} min |")

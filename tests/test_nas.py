@@ -297,3 +297,25 @@ def test_search_resumes_after_a_kill_to_the_same_result(tiny_data, tmp_path, mon
     assert [r["probs"] for r in resumed["history"]] == [r["probs"] for r in whole["history"]]
     with pytest.raises(KwsError, match="nothing to resume"):
         nas.search(None, tmp_path / "nothing", None, resume=True, quiet=True)
+
+
+def test_target_loss_has_no_cost_pull_below_the_target_and_001s_ignores_the_target():
+    def cost_grad(expected, target, kind):
+        e = torch.tensor(expected, requires_grad=True)
+        nas.arch_loss(torch.tensor(2.0), e, target, 1.0, 8.0, kind).backward()
+        return float(e.grad)
+
+    assert cost_grad(1e6, 2e6, "target") == 0.0  # under budget: only accuracy counts
+    assert cost_grad(3e6, 2e6, "target") > 0
+    assert cost_grad(1e6, 2e6, "mul-log") > 0  # 001's pulls everywhere...
+    # ... and its target only scales the loss: the same direction for any target
+    ce = torch.tensor(2.0, requires_grad=True)
+    e = torch.tensor(3e6, requires_grad=True)
+    g = []
+    for target in (1.5e6, 2.5e6):
+        ce.grad = e.grad = None
+        nas.arch_loss(ce, e, target, 1.0, 8.0, "mul-log").backward()
+        g.append((float(ce.grad), float(e.grad)))
+    assert g[0][1] / g[0][0] == pytest.approx(g[1][1] / g[1][0])
+    with pytest.raises(KwsError, match="loss"):
+        tiny_settings(target=1e5, loss="l2").check()

@@ -271,6 +271,10 @@ def _add_nas(sub) -> None:
     p.add_argument("--beta", type=float, default=8.0, help="exponent of the cost term: larger "
                    "pulls the expected cost harder towards the target (0: ignore cost)")
     p.add_argument("--alpha", type=float, default=1.0, help="scale of the regularised loss")
+    p.add_argument("--loss", choices=["target", "mul-log"], default="target",
+                   help="target: the cost pulls only above the target (a soft budget); mul-log: "
+                   "001's CE * (log E / log target)^beta, where the target only scales the "
+                   "loss and beta alone sets the trade-off")
     p.add_argument("--width-mult", type=float, default=1.0, metavar="W",
                    help="every channel count times W")
     p.add_argument("--n-mfcc", type=int, metavar="N", help="MFCCs of the front-end (default: "
@@ -312,7 +316,7 @@ def _nas(a):
     else:
         target, cost = (parse_amount(a.target_macs, "--target-macs"), "macs") if a.target_macs \
             else (1.0, "macs")  # resume: the saved settings win
-    settings = SearchSettings(target=target, cost=cost, alpha=a.alpha, beta=a.beta,
+    settings = SearchSettings(target=target, cost=cost, loss=a.loss, alpha=a.alpha, beta=a.beta,
                               arch_lr=a.arch_lr, warmup_epochs=a.warmup_epochs, epochs=a.epochs,
                               holdout=a.holdout, width_mult=a.width_mult)
     result = search(_nas_config(a), a.out, settings, data=a.data, resume=a.resume)
