@@ -48,6 +48,8 @@ EXPERIMENTS = {
     "t2.5M-mfcc10-w1.25": ("2.5M", 8.0, 10, 1.25, "target"),
     "mullog-b8-mfcc10-w1": ("2.5M", 8.0, 10, 1.0, "mul-log"),  # 001's loss: the target is moot
 }
+# found models trained again with other seeds (train-s1, ...): how much of a gap is seed noise
+EXTRA_SEEDS = {"t2.5M-mfcc10-w1": (1,), "mullog-b8-mfcc10-w1": (1,)}
 ZOO = ("dscnn_s", "bcresnet1", "tcresnet8", "crnn", "bcresnet3", "matchboxnet_3x1x64",
        "lambda_resnet18", "sincconv_gdsconv")
 # zoo models re-trained with the current silence defaults at the same budget (issue-11 runs)
@@ -88,15 +90,18 @@ def experiment(name: str, data: str, runs: Path) -> None:
             cmd += ["--data", data, "--labels", "mini10", "--target-macs", target, "--beta",
                     str(beta), "--n-mfcc", str(n_mfcc), "--width-mult", str(width), "--loss", loss]
         run(cmd, runs / name / "search.log")
-    if not train_done(t_out):
+    for seed in (0, *EXTRA_SEEDS.get(name, ())):
+        t_out = runs / name / ("train" if seed == 0 else f"train-s{seed}")
+        if train_done(t_out):
+            continue
         if (t_out / "checkpoints" / "last.pt").exists():
             cmd = ["kwskit", "train", "--resume", str(t_out), "--no-mlflow"]
         else:
             cmd = ["kwskit", "train", "--config", str(s_out / "found.yaml"), "--data", data,
                    "--labels", "mini10", "--budget-epochs", str(EPOCHS), "--set",
-                   f"train.batch_size={BATCH}", "--set", "train.threads=1", "--out", str(t_out),
-                   "--no-mlflow"]
-        run(cmd, runs / name / "train.log")
+                   f"train.batch_size={BATCH}", "--set", "train.threads=1", "--set",
+                   f"train.seed={seed}", "--out", str(t_out), "--no-mlflow"]
+        run(cmd, t_out.parent / f"{t_out.name}.log")
 
 
 def found_row(name: str, runs: Path) -> dict | None:
@@ -108,11 +113,14 @@ def found_row(name: str, runs: Path) -> dict | None:
     search = json.loads((s_out / "search.json").read_text())
     metrics = json.loads((t_out / "metrics.json").read_text())
     prof = profile_target(str(t_out), latency=False)
+    seeds = [json.loads((runs / name / f"train-s{k}" / "metrics.json").read_text())["best"]["val_acc"]
+             for k in EXTRA_SEEDS.get(name, ()) if train_done(runs / name / f"train-s{k}")]
     target, beta, n_mfcc, width, loss = EXPERIMENTS[name]
     return {"name": name, "kind": "found", "target": target if loss == "target" else "-",
             "loss": loss, "beta": beta, "n_mfcc": n_mfcc,
             "width_mult": width, "ops": search["found"]["ops"], "macs": prof["macs"],
             "params": prof["params"], "val_acc": metrics["best"]["val_acc"],
+            "val_acc_other_seeds": seeds,
             "search_cost": search["found"]["cost"],
             "search_min": search["search_seconds"] / 60,
             "train_min": sum(r["seconds"] for r in metrics["history"]) / 60,
@@ -200,9 +208,11 @@ def write_results(runs: Path) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(found, key=lambda q: q["macs"]):
         best, above = beats_zoo(r)
+        seeds = "".join(f" ({100 * v:.2f}% seed {k})" for k, v in
+                        zip(EXTRA_SEEDS.get(r["name"], ()), r["val_acc_other_seeds"]))
         lines.append(f"| {r['name']} | {r['loss']} (beta {r['beta']:g}) | {r['target']} | {r['n_mfcc']} | {r['width_mult']:g} | "
                      f"`{' '.join(r['ops'])}` | {r['params']:,} | {r['macs'] / 1e6:.2f} M | "
-                     f"{100 * r['val_acc']:.2f}% | {100 * best:.2f}% | {'yes' if above else 'no'} | "
+                     f"{100 * r['val_acc']:.2f}%{seeds} | {100 * best:.2f}% | {'yes' if above else 'no'} | "
                      f"{r['search_min']:.0f} min | {r['train_min']:.0f} min |")
     lines += ["", "| zoo model | params | MACs | val acc | source |", "|---|---|---|---|---|"]
     for z in sorted(zoo, key=lambda q: q["macs"]):

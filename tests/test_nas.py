@@ -319,3 +319,13 @@ def test_target_loss_has_no_cost_pull_below_the_target_and_001s_ignores_the_targ
     assert g[0][1] / g[0][0] == pytest.approx(g[1][1] / g[1][0])
     with pytest.raises(KwsError, match="loss"):
         tiny_settings(target=1e5, loss="l2").check()
+
+
+def test_latency_cost_table_times_every_candidate():
+    net = tiny_supernet()
+    table = nas.cost_table(net, FRAMES, kind="latency")
+    assert table["kind"] == "latency" and table["fixed"] > 0
+    for m, costs in zip(net.layers, table["layers"]):
+        assert set(costs) == set(m.names)
+        assert all((v == 0) == (name == "skip") for name, v in costs.items())
+        assert all(v > 0 for name, v in costs.items() if name != "skip")
