@@ -111,15 +111,22 @@ def found_row(name: str, runs: Path) -> dict | None:
     from kwskit.eval.info import profile_target
 
     s_out, t_out = runs / name / "search", runs / name / "train"
-    if not (search_done(s_out) and train_done(t_out)):
+    if not search_done(s_out):
         return None
     search = json.loads((s_out / "search.json").read_text())
+    target, beta, n_mfcc, width, loss = EXPERIMENTS[name]
+    if not train_done(t_out):  # searched, not trained yet: listed without an accuracy
+        return {"name": name, "kind": "found", "target": target if loss == "target" else "-",
+                "loss": loss, "beta": beta, "n_mfcc": n_mfcc, "width_mult": width,
+                "ops": search["found"]["ops"], "macs": search["found"]["cost"],
+                "params": search["found"]["params"], "val_acc": None, "val_acc_seeds": [],
+                "search_cost": search["found"]["cost"], "search_min": search["search_seconds"] / 60,
+                "train_min": None, "lookahead_frames": search["found"]["lookahead_frames"]}
     metrics = json.loads((t_out / "metrics.json").read_text())
     prof = profile_target(str(t_out), latency=False)
     seeds = [metrics["best"]["val_acc"]] + [
         json.loads((runs / name / f"train-s{k}" / "metrics.json").read_text())["best"]["val_acc"]
         for k in EXTRA_SEEDS.get(name, ()) if train_done(runs / name / f"train-s{k}")]
-    target, beta, n_mfcc, width, loss = EXPERIMENTS[name]
     return {"name": name, "kind": "found", "target": target if loss == "target" else "-",
             "loss": loss, "beta": beta, "n_mfcc": n_mfcc,
             "width_mult": width, "ops": search["found"]["ops"], "macs": prof["macs"],
@@ -191,10 +198,11 @@ def plot(found: list[dict], zoo: list[dict], path: Path) -> None:
 
 
 def write_results(runs: Path) -> None:
-    found = [r for r in (found_row(n, runs) for n in EXPERIMENTS) if r]
+    listed = [r for r in (found_row(n, runs) for n in EXPERIMENTS) if r]
+    found = [r for r in listed if r["val_acc"] is not None]
     zoo = zoo_rows()
     date = datetime.date.today().isoformat()
-    (RESULTS / "nas.json").write_text(json.dumps({"date": date, "found": found, "zoo": zoo}, indent=1))
+    (RESULTS / "nas.json").write_text(json.dumps({"date": date, "found": listed, "zoo": zoo}, indent=1))
     if not found:
         print("no finished experiment yet")
         return
@@ -212,7 +220,12 @@ def write_results(runs: Path) -> None:
              "| found model | loss | target | n_mfcc | width | ops (8 layers) | params | MACs | val acc "
              "| best zoo at <= MACs | above the zoo front? | search | training |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(found, key=lambda q: q["macs"]):
+    for r in sorted(listed, key=lambda q: q["macs"]):
+        if r["val_acc"] is None:
+            lines.append(f"| {r['name']} | {r['loss']} (beta {r['beta']:g}) | {r['target']} | {r['n_mfcc']} | "
+                         f"{r['width_mult']:g} | `{' '.join(r['ops'])}` | {r['params']:,} | "
+                         f"{r['macs'] / 1e6:.2f} M | not trained yet | | | {r['search_min']:.0f} min | |")
+            continue
         best, above = beats_zoo(r)
         seeds = " (seeds: " + " / ".join(f"{100 * v:.2f}%" for v in r["val_acc_seeds"]) + ")" \
             if len(r["val_acc_seeds"]) > 1 else ""
