@@ -517,7 +517,7 @@ def plot(rows: list[dict], key: str, xlabel: str, region: str, path: Path) -> No
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data/gsc-dev")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gsc-dev"))
     ap.add_argument("--runs", default=str(ROOT / "runs"), help="where the x10-* runs go")
     ap.add_argument("--only", choices=("crnn", "dscnn"), help="one row group")
     ap.add_argument("--chunk-ms", type=float, default=960.0,

@@ -271,7 +271,8 @@ def render(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data/gsc-dev", help="data set folder")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gsc-dev"),
+                    help="data set folder")
     ap.add_argument("--out-root", default=str(ROOT / "runs"), help="where the q-* runs go")
     ap.add_argument("--repeats", type=int, default=200, help="timed calls per clip model and round")
     ap.add_argument("--seconds", type=float, default=20.0, help="audio streamed for the cost")
