@@ -115,26 +115,22 @@ def found_row(name: str, runs: Path) -> dict | None:
         return None
     search = json.loads((s_out / "search.json").read_text())
     target, beta, n_mfcc, width, loss = EXPERIMENTS[name]
+    row = {"name": name, "kind": "found", "target": target if loss == "target" else "-",
+           "loss": loss, "beta": beta, "n_mfcc": n_mfcc, "width_mult": width,
+           "ops": search["found"]["ops"], "macs": search["found"]["cost"],
+           "params": search["found"]["params"], "val_acc": None, "val_acc_seeds": [],
+           "search_cost": search["found"]["cost"], "search_min": search["search_seconds"] / 60,
+           "train_min": None, "lookahead_frames": search["found"]["lookahead_frames"]}
     if not train_done(t_out):  # searched, not trained yet: listed without an accuracy
-        return {"name": name, "kind": "found", "target": target if loss == "target" else "-",
-                "loss": loss, "beta": beta, "n_mfcc": n_mfcc, "width_mult": width,
-                "ops": search["found"]["ops"], "macs": search["found"]["cost"],
-                "params": search["found"]["params"], "val_acc": None, "val_acc_seeds": [],
-                "search_cost": search["found"]["cost"], "search_min": search["search_seconds"] / 60,
-                "train_min": None, "lookahead_frames": search["found"]["lookahead_frames"]}
+        return row
     metrics = json.loads((t_out / "metrics.json").read_text())
     prof = profile_target(str(t_out), latency=False)
     seeds = [metrics["best"]["val_acc"]] + [
         json.loads((runs / name / f"train-s{k}" / "metrics.json").read_text())["best"]["val_acc"]
         for k in EXTRA_SEEDS.get(name, ()) if train_done(runs / name / f"train-s{k}")]
-    return {"name": name, "kind": "found", "target": target if loss == "target" else "-",
-            "loss": loss, "beta": beta, "n_mfcc": n_mfcc,
-            "width_mult": width, "ops": search["found"]["ops"], "macs": prof["macs"],
-            "params": prof["params"], "val_acc": sum(seeds) / len(seeds), "val_acc_seeds": seeds,
-            "search_cost": search["found"]["cost"],
-            "search_min": search["search_seconds"] / 60,
-            "train_min": sum(r["seconds"] for r in metrics["history"]) / 60,
-            "lookahead_frames": search["found"]["lookahead_frames"]}
+    row.update(macs=prof["macs"], params=prof["params"], val_acc=sum(seeds) / len(seeds),
+               val_acc_seeds=seeds, train_min=sum(r["seconds"] for r in metrics["history"]) / 60)
+    return row
 
 
 def zoo_rows() -> list[dict]:
