@@ -101,7 +101,19 @@ def _info(a):
     from kwskit.eval.info import profile_target
 
     prof = profile_target(a.target, num_classes=a.num_classes, latency=not a.no_latency)
-    print(json.dumps(prof) if a.json else format_profile(prof))
+    name = a.pretrained.get("target")
+    if a.json:
+        if name:
+            from kwskit.pretrained import card
+
+            prof["card"] = card(name)
+        print(json.dumps(prof))
+    else:
+        if name:
+            from kwskit.pretrained import format_card
+
+            print(format_card(name) + "\n")
+        print(format_profile(prof))
     return 0
 
 
@@ -184,6 +196,11 @@ def _serve(a):
 def _models(a):
     from kwskit.models.registry import list_models, model_info
 
+    if a.pretrained_list:
+        from kwskit.pretrained import listing
+
+        print("\n".join(listing()))
+        return 0
     for name in list_models():
         info = model_info(name)
         print(f"{name:20s} {info.get('family', ''):14s} {info.get('paper', '')}")
@@ -191,7 +208,9 @@ def _models(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kwskit", description="Small-footprint keyword spotting toolkit.")
+    p = argparse.ArgumentParser(
+        prog="kwskit", description="Small-footprint keyword spotting toolkit. Wherever a command "
+        "takes a run, pretrained:NAME names a model shipped with kwskit (kwskit models --pretrained).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="prepare and check data sets")
@@ -249,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_eval)
 
     i = sub.add_parser("info", help="params, MACs, size and CPU latency of a model or run")
-    i.add_argument("target", help="registered model name, run directory or checkpoint")
+    i.add_argument("target", help="registered model name, run directory, checkpoint or "
+                   "pretrained:NAME (prints its model card too)")
     i.add_argument("--num-classes", type=int, default=12, help="classes, for a model name")
     i.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -301,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--out", default="det.png", help="PNG to write")
     pd.set_defaults(func=_plot_det)
 
-    m = sub.add_parser("models", help="list the registered models")
+    m = sub.add_parser("models", help="list the registered models (or the pretrained ones)")
+    m.add_argument("--pretrained", dest="pretrained_list", action="store_true",
+                   help="list the pretrained models shipped with kwskit (use as pretrained:NAME)")
     m.set_defaults(func=_models)
 
     _finish_help(p)
@@ -327,7 +349,7 @@ EXAMPLES = {
     "prune": "kwskit prune runs/dscnn-s --sparsity 0.5 --finetune-epochs 3 --out runs/dscnn-s-p50",
     "nas": "kwskit nas --data DIR --labels mini10 --target-macs 2.5M --out runs/nas-2.5m",
     "approx": "kwskit approx runs/sincconv --cordic-iters 12 --log-segments 4 --out runs/sincconv-hw",
-    "models": "kwskit models",
+    "models": "kwskit models --pretrained",
     "export": "kwskit export runs/bcresnet1-20261203 --stream --chunk-ms 10",
     "serve": "kwskit serve runs/bcresnet1-20261203 --port 8000",
 }
@@ -359,6 +381,9 @@ def _finish_help(parser: argparse.ArgumentParser, path: str = "") -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from kwskit.pretrained import resolve_args
+
+        resolve_args(args)  # pretrained:NAME -> its run directory, for every command
         return int(args.func(args) or 0)
     except KwsError as exc:
         print(f"kwskit: error: {exc}", file=sys.stderr)

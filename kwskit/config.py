@@ -328,13 +328,20 @@ def budget_overrides(cfg: ExperimentConfig, epochs: int | None = None,
     """``--set`` lines that train ``cfg`` on a budget: the schedule compressed into ``epochs``
     (warm-up and step lengths scaled by epochs / cfg.train.epochs, so the run still warms up,
     decays and ends at its final learning rate) and one batch size (equal optimiser steps per
-    epoch for every recipe)."""
+    epoch for every recipe).
+
+    The warm-up is never squeezed below one epoch (a third of the budget, or the recipe's own
+    warm-up, when that is shorter): the BC-ResNet reference code warms up for
+    max(1, epochs // 8) epochs, and a 5-of-200 warm-up scaled to 3 epochs (a few dozen steps)
+    left BC-ResNet-1 at 78.9% validation accuracy after 3 epochs on gsc-dev against 83.7% with
+    one epoch of warm-up."""
     out = []
     if epochs is not None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             _fail("train.epochs", f"a budget must be a positive number of epochs, got {epochs!r}")
         scale, s = epochs / cfg.train.epochs, cfg.schedule
-        out += [f"train.epochs={epochs}", f"schedule.warmup_epochs={s.warmup_epochs * scale:g}",
+        warmup = max(s.warmup_epochs * scale, min(1.0, epochs / 3, s.warmup_epochs))
+        out += [f"train.epochs={epochs}", f"schedule.warmup_epochs={warmup:g}",
                 f"schedule.step_epochs={s.step_epochs * scale:g}"]
     if batch_size is not None:
         out.append(f"train.batch_size={batch_size}")

@@ -71,3 +71,9 @@ def check_new_out(out) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "is a folder with other files in it" if out.is_dir() else "is a file"
         raise KwsError(f"{out}: {what}, not a kwskit run; choose a new or empty folder for --out")
+
+
+def kwskit_home() -> Path:
+    """Where kwskit keeps caches, the built-in data and its copies of the pretrained models
+    (``$KWSKIT_HOME``, default ~/.cache/kwskit)."""
+    return Path(os.environ.get("KWSKIT_HOME", Path.home() / ".cache" / "kwskit"))

@@ -87,6 +87,12 @@ def test_budget_compresses_the_schedule():
     step = load_config(None, ["train.epochs=135", "schedule.name=step", "schedule.step_epochs=45"])
     assert "schedule.step_epochs=5" in budget_overrides(step, 15)
     assert budget_overrides(recipe) == []
+    # the warm-up stays at least one epoch (a third of a shorter budget); longer budgets scale
+    for budget, warm in ((3, 1.0), (2, 2 / 3), (400, 20.0)):
+        assert load_config(None, base + budget_overrides(recipe, budget)).schedule.warmup_epochs \
+            == pytest.approx(warm)
+    cold = load_config(None, ["train.epochs=200", "schedule.warmup_epochs=0"])
+    assert "schedule.warmup_epochs=0" in budget_overrides(cold, 3)
     with pytest.raises(KwsError, match="train.epochs"):
         budget_overrides(recipe, 0)
 

@@ -40,8 +40,20 @@ def test_train_extra_carries_the_default_sqlite_store():
     assert {"torch", "mlflow-skinny", "sqlalchemy", "alembic"} <= names
 
 
-def test_core_is_torch_free_and_runtime_adds_only_onnxruntime():
+def test_core_is_torch_free_and_carries_the_runtime():
+    # `pip install kwskit` streams a pretrained or exported model with ONNX Runtime, no torch
     core = _names(PYPROJECT["project"]["dependencies"])
     assert not core & {"torch", "matplotlib", "mlflow-skinny"}
+    assert "onnxruntime" in core
     assert _names(PYPROJECT["project"]["optional-dependencies"]["runtime"]) == {"onnxruntime"}
+
+
+def test_pretrained_models_are_package_data():
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["kwskit.pretrained"]
+    home = Path(__file__).resolve().parents[1] / "kwskit" / "pretrained"
+    shipped = [p for p in home.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+               and p.suffix != ".py"]
+    for f in shipped:  # every shipped file is matched by a pattern, so a wheel carries it
+        rel = f.relative_to(home)
+        assert any(rel.match(pat) for pat in patterns), rel
     assert "onnxscript" in _names(PYPROJECT["project"]["optional-dependencies"]["onnx"])

@@ -33,15 +33,10 @@ from kwskit import CLIP_SAMPLES, SAMPLE_RATE
 from kwskit.data.audio import audio_info, fix_length, load_audio
 from kwskit.data.speech_commands import MIN_CLIP_FRACTION
 from kwskit.errors import AudioError
-from kwskit.fsutil import atomic_path, write_json
+from kwskit.fsutil import atomic_path, kwskit_home, write_json
 
 CACHE_VERSION = 1  # bump when the cached representation changes
 INT16_SCALE = 32767.0  # cached int16 <-> float32 in [-1, 1]
-
-
-def kwskit_home() -> Path:
-    """Where kwskit keeps caches and the built-in data (``$KWSKIT_HOME``, default ~/.cache/kwskit)."""
-    return Path(os.environ.get("KWSKIT_HOME", Path.home() / ".cache" / "kwskit"))
 
 
 def default_cache_dir() -> Path:

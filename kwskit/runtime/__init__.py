@@ -4,7 +4,7 @@
 interface as ``kwskit.stream.Streamer`` (so ``run_stream``, ``stream_file`` and the detector
 work unchanged); ``OnnxClassifier(path)`` scores whole clips with an exported clip model;
 ``read_card(path)`` returns what a file says about itself. Importing this package never
-imports torch: deploy with ``pip install 'kwskit[runtime]'``.
+imports torch: deploy with ``pip install kwskit`` (onnxruntime is a core dependency).
 """
 
 from kwskit.runtime.onnx_model import OnnxClassifier, OnnxStreamer, initial_states, read_card

@@ -155,7 +155,7 @@ def open_streamer(model: str, window_s: float, threads: int, checkpoint: str = "
     if not str(model).endswith(".onnx"):
         from kwskit.eval.evaluate import quantized_export
 
-        quantized = quantized_export(model, "stream")
+        quantized = quantized_export(model, "stream") or _export_without_torch(model)
     if quantized is not None or str(model).endswith(".onnx"):
         from kwskit.runtime import OnnxStreamer
 
@@ -174,6 +174,27 @@ def open_streamer(model: str, window_s: float, threads: int, checkpoint: str = "
     torch.set_num_threads(threads)
     pipeline, _cfg, labels = load_model(model, checkpoint)
     return Streamer(pipeline, window_s=window_s), labels, read_calibration(model)
+
+
+def _export_without_torch(run: str) -> Path | None:
+    """A run's exported streaming model (RUN/export/*-stream.onnx, as the pretrained models
+    ship) when PyTorch is not installed: ONNX Runtime then runs it. None when torch is there
+    (the checkpoint is used) or the run has no single streaming export."""
+    import importlib.util
+
+    try:
+        has_torch = importlib.util.find_spec("torch") is not None
+    except ModuleNotFoundError:  # an import hook that hides it
+        has_torch = False
+    if has_torch or not Path(run).is_dir():
+        return None
+    found = sorted((Path(run) / "export").glob("*-stream.onnx"))
+    if len(found) != 1:
+        raise KwsError(f"{run}: PyTorch is not installed, so this run streams only through its "
+                       f"exported streaming model, and {run}/export holds "
+                       f"{len(found) or 'no'} *-stream.onnx files: kwskit export RUN --stream "
+                       "where torch is, or pip install 'kwskit[train]'")
+    return found[0]
 
 
 def detector_options(a, labels: list[str], cal: dict | None) -> tuple[dict, str]:
