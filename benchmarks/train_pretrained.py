@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,11 @@ def build(name: str, work: Path, a) -> dict:
 
 
 def _slim_checkpoint(src: Path, dst: Path) -> None:
-    """best.pt without the optimiser state (what inference and fine-tuning need)."""
+    """best.pt without the optimiser state (what inference and fine-tuning need),
+    xz-compressed to ``dst``."""
+    import io
+    import lzma
+
     import torch
 
     state = torch.load(src, map_location="cpu", weights_only=False)
@@ -118,7 +123,23 @@ def _slim_checkpoint(src: Path, dst: Path) -> None:
     state.pop("mlflow_run_id", None)
     state["config"]["data"]["root"] = None  # no path of the machine that built it
     dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, dst)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    dst.write_bytes(lzma.compress(buf.getvalue(), preset=9 | lzma.PRESET_EXTREME))
+
+
+def ship_onnx(src: Path, dst: Path) -> None:
+    """``src`` without the exporter's per-node debugging records, xz-compressed to ``dst``
+    (kwskit.pretrained unpacks it into the user's copy)."""
+    import lzma
+
+    import onnx
+
+    from kwskit.export.onnx import drop_node_metadata
+
+    model = onnx.load(str(src))
+    drop_node_metadata(model)
+    dst.write_bytes(lzma.compress(model.SerializeToString(), preset=9 | lzma.PRESET_EXTREME))
 
 
 def pack(name: str, run: Path, spec: dict, src_spec: dict, misses: float) -> dict:
@@ -133,17 +154,19 @@ def pack(name: str, run: Path, spec: dict, src_spec: dict, misses: float) -> dic
     for f in PACKED:
         if (run / f).exists():
             shutil.copy2(run / f, out / f)
+            if f.endswith(".json"):  # paths of this machine -> relative to the checkout
+                (out / f).write_text(json.dumps(_relative(json.loads((out / f).read_text())),
+                                                indent=2) + "\n")
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     cfg["data"]["root"] = None  # the data it was trained on is named in the card instead
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    _slim_checkpoint(run / "checkpoints" / "best.pt", out / "checkpoints" / "best.pt")
+    _slim_checkpoint(run / "checkpoints" / "best.pt", out / "checkpoints" / "best.pt.xz")
     record = json.loads((run / "quantization.json").read_text()) if "base" in spec else None
     onnx = [run / p for p in record["onnx"].values()] if record else \
         sorted((run / "export").glob("*-stream.onnx"))
     for f in onnx:
-        shutil.copy2(f, out / "export" / f.name)
-    stream_onnx = next(f for f in sorted((out / "export").glob("*.onnx")) if "stream" in f.name)
-    streamer = OnnxStreamer(stream_onnx)
+        ship_onnx(f, out / "export" / f"{f.name}.xz")
+    streamer = OnnxStreamer(next(f for f in onnx if "stream" in f.name))
     metrics = json.loads((run / "metrics.json").read_text())
     prof = profile_target(str(run), latency=False)
     config = (ROOT / src_spec["config"]).name
@@ -156,22 +179,36 @@ def pack(name: str, run: Path, spec: dict, src_spec: dict, misses: float) -> dic
                   f"(--budget-epochs), batch 100" + "".join(f", {s}" for s in src_spec.get("set", [])),
         "epochs": src_spec["epochs"], "val_acc": metrics["best"]["val_acc"],
         "stream_misses_at_1fa": misses, "params": prof["params"], "macs": prof["macs"],
-        "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+        "bytes": 0,
         "delay_ms": round(1000 * streamer.card["delay_s"]),
         "causal": any("causal=true" in s for s in src_spec.get("set", [])),
         "notes": ("stream misses: benchmarks/stream_ablation.py's 60-min validation-speaker "
                   "stream, one threshold for all keywords; calibration.json: per-keyword "
                   "thresholds for 1 FA/h fitted on a 30-min stream"
                   + (f"; int8 clip and streaming models in export/ (kwskit eval and stream use "
-                     f"them; int8 vs float streaming agreement "
-                     f"{record.get('stream_agreement', {}).get('agreement', 'n/a')}); the float "
+                     f"them; int8 vs float streaming top-1 agreement "
+                     f"{record.get('stream_agreement', {}).get('top1_agreement', 0):.1%}); the float "
                      f"checkpoint is kept for the PyTorch commands, and the stream misses are "
                      f"the float model's" if record else "")),
         "built": datetime.date.today().isoformat(),
     }
-    card["bytes"] += len(json.dumps(card, indent=2))
-    (out / CARD).write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    while True:  # the card counts its own bytes: write until the count holds
+        (out / CARD).write_text(json.dumps(card, indent=2) + "\n")
+        total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        if total == card["bytes"]:
+            return card
+        card["bytes"] = total
+
+
+def _relative(value):
+    """``value`` (parsed JSON) with every absolute path made relative to the checkout."""
+    if isinstance(value, dict):
+        return {k: _relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v) for v in value]
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).exists():
+        return os.path.relpath(value, ROOT)
+    return value
 
 
 def _model_name(run: Path) -> str:

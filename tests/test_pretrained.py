@@ -4,6 +4,7 @@ each shipped model (loads, matches its card, spots a synthesized keyword)."""
 from __future__ import annotations
 
 import json
+import lzma
 import shutil
 import subprocess
 import sys
@@ -39,10 +40,12 @@ def shelf(tiny_data, tmp_path_factory):
     assert main(["export", str(run), "--stream"]) == 0
     home = run.parent / "shelf"
     dst = home / "tiny-dscnn"
-    for f in ("config.yaml", "labels.json", "metrics.json", "checkpoints/best.pt",
-              "export/dscnn_s-stream.onnx"):
-        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+    dst.mkdir(parents=True)
+    for f in ("config.yaml", "labels.json", "metrics.json"):
         shutil.copy2(run / f, dst / f)
+    for f in ("checkpoints/best.pt", "export/dscnn_s-stream.onnx"):  # shipped xz-compressed
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        (dst / f"{f}.xz").write_bytes(lzma.compress((run / f).read_bytes()))
     model, _, labels = load_model(run)
     card = {"name": "tiny-dscnn", "summary": "test model", "model": "dscnn_s", "labels": labels,
             "val_acc": 0.5, "params": sum(p.numel() for p in model.parameters()), "macs": 1,
@@ -62,8 +65,9 @@ def test_a_name_resolves_to_a_users_copy_that_follows_the_package(tiny_shelf, tm
     assert pretrained.names() == ["tiny-dscnn"]
     run = pretrained.resolve("pretrained:tiny-dscnn")
     assert run == tmp_path / "home" / "pretrained" / "tiny-dscnn"
-    assert (run / "checkpoints" / "best.pt").read_bytes() == \
-        (tiny_shelf / "tiny-dscnn" / "checkpoints" / "best.pt").read_bytes()
+    for f in ("checkpoints/best.pt", "export/dscnn_s-stream.onnx"):  # unpacked in the copy
+        assert (run / f).read_bytes() == lzma.decompress((tiny_shelf / "tiny-dscnn" / f"{f}.xz")
+                                                         .read_bytes())
     (run / "eval").mkdir()  # what a command wrote into the copy
     stamp = (run / pretrained.STAMP).read_text()
     assert pretrained.resolve("pretrained:tiny-dscnn") == run and (run / "eval").is_dir()
@@ -95,6 +99,18 @@ def test_commands_take_pretrained_names(tiny_shelf, tiny_data, capsys):
     assert "no such pretrained model" in capsys.readouterr().err
     # nothing was written into the package folder
     assert not (tiny_shelf / "tiny-dscnn" / "eval").exists()
+
+
+def test_every_run_argument_takes_a_name(tiny_shelf):
+    import argparse
+
+    args = argparse.Namespace(teacher="pretrained:tiny-dscnn", run="runs/x",
+                              runs=["runs/a", "pretrained:tiny-dscnn"], data="pretrained:x")
+    pretrained.resolve_args(args)
+    copy = str(pretrained.resolve("pretrained:tiny-dscnn"))
+    assert args.teacher == copy and args.runs == ["runs/a", copy] and args.run == "runs/x"
+    assert args.data == "pretrained:x"  # only the arguments that name runs
+    assert args.pretrained == {"teacher": "tiny-dscnn"}
 
 
 BLOCK_TORCH = NO_TORCH_PRELUDE + """import json, os
@@ -133,14 +149,23 @@ def _said(word: str) -> np.ndarray:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_loads_matches_its_card_and_spots_a_synthesized_keyword(name):
+    from kwskit.eval.evaluate import quantized_export
+    from kwskit.runtime import OnnxClassifier
+
     card = pretrained.card(name)
-    model, _, labels = load_model(pretrained.resolve(f"{pretrained.PREFIX}{name}"))
+    run = pretrained.resolve(f"{pretrained.PREFIX}{name}")
+    model, _, labels = load_model(run)
     assert labels == card["labels"]
     assert sum(p.numel() for p in model.backbone.parameters()) == card["params"]
     files = [p for p in (pretrained.HOME / name).rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 400_000  # small files only
-    with torch.no_grad():
-        probs = model(torch.from_numpy(_said("yes"))[None]).softmax(-1)[0]
+    assert sum(p.stat().st_size for p in files) == card["bytes"] < 500_000  # small files only
+    clip = _said("yes")[None]
+    int8 = quantized_export(run, "clip")  # a quantized model is scored as it ships: int8 ONNX
+    if int8 is not None:
+        probs = OnnxClassifier(int8).probs(clip)[0]
+    else:
+        with torch.no_grad():
+            probs = model(torch.from_numpy(clip)).softmax(-1)[0].numpy()
     assert labels[int(probs.argmax())] == "yes", dict(zip(labels, probs.tolist()))
 
 

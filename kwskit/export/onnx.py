@@ -67,10 +67,19 @@ def _fill_value(t: torch.Tensor):
     return "-inf" if v == float("-inf") else v
 
 
+def drop_node_metadata(model) -> None:
+    """Remove the per-node debugging records torch's exporter writes (the FX node, module
+    path and class hierarchy of every node: half the bytes of a small model's file, read by
+    no runtime). The model's own metadata (its card) is kept."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+
+
 def _save(onnx_program, path: Path, meta: dict) -> None:
     import onnx
 
     model = onnx_program.model_proto
+    drop_node_metadata(model)
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()

@@ -9,7 +9,8 @@ labels.json, metrics.json, checkpoints/best.pt (weights only, no optimiser state
 (the model card: data, labels, recipe, accuracy, stream misses, size, delay, licence), and
 export/ with the streaming ONNX model, so ``kwskit stream`` runs it with ONNX Runtime alone
 when PyTorch is not installed. A quantized model is a quantized run (quantization.json and its
-int8 ONNX files).
+int8 ONNX files). The checkpoint and the ONNX files are shipped xz-compressed (``.xz``: a
+third of the bytes, mostly padding and repeated graph text) and unpacked in the user's copy.
 
 Commands write into a run (``kwskit eval`` its eval/, ``kwskit export`` its export/), so a
 name resolves to a copy under ``$KWSKIT_HOME/pretrained/NAME`` (default ~/.cache/kwskit), made
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import shutil
 from pathlib import Path
 
@@ -89,9 +91,12 @@ def resolve(reference: str) -> Path:
     try:
         (dst / STAMP).unlink(missing_ok=True)  # a copy broken off half way is redone next time
         shutil.copytree(src, dst, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.xz"))
+        for packed in src.rglob("*.xz"):
+            (dst / packed.relative_to(src)).with_suffix("").write_bytes(
+                lzma.decompress(packed.read_bytes()))
         (dst / STAMP).write_text(stamp)
-    except OSError as exc:
+    except (OSError, lzma.LZMAError) as exc:
         raise KwsError(f"{reference}: could not copy the model to {dst} ({exc}); set "
                        "KWSKIT_HOME to a writable folder") from None
     return dst
