@@ -5,8 +5,9 @@ score it on the validation-speaker stream of benchmarks/stream_ablation.py (60 m
 SNR 10-20 dB, 30% of the pauses loud) for misses at 1 false alarm per hour, fit per-keyword
 thresholds with ``kwskit calibrate`` (1 FA/h), optionally quantize it (``kwskit quantize
 --mode int8``), export the streaming ONNX model, and pack the run into kwskit/pretrained/NAME/
-with its model card (card.json). Every step is an ordinary kwskit command, so this is also the
-recipe a user follows to make their own.
+with its model card (card.json), then rewrites the models table in README.md (between the
+pretrained markers). Every step is an ordinary kwskit command, so this is also the recipe a
+user follows to make their own.
 
 Work goes to --work (default runs/pretrained/); each step is skipped when its output exists,
 so an interrupted build continues where it stopped (a stopped training resumes).
@@ -215,6 +216,34 @@ def _model_name(run: Path) -> str:
     return yaml.safe_load((run / "config.yaml").read_text())["model"]["name"]
 
 
+START, END = "<!-- pretrained:start -->", "<!-- pretrained:end -->"  # the README's table
+
+
+def readme_table() -> str:
+    """The shipped models' cards as a Markdown table."""
+    from kwskit.pretrained import card, names
+
+    lines = ["| name | model | params | MACs / 1 s | val acc | stream misses at 1 FA/h | delay | "
+             "shipped bytes | what |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in names():
+        c = card(name)
+        lines.append(f"| `pretrained:{name}` | {c['model']}{' causal' if c['causal'] else ''} | "
+                     f"{c['params']:,} | {c['macs'] / 1e6:.2f} M | {100 * c['val_acc']:.2f}% | "
+                     f"{100 * c['stream_misses_at_1fa']:.1f}% | {c['delay_ms']} ms | "
+                     f"{c['bytes'] / 1e3:.0f} kB | {c['summary']} |")
+    return "\n".join(lines)
+
+
+def write_readme_table() -> None:
+    from kwskit.fsutil import write_text
+
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        write_text(readme, f"{head}{START}\n{readme_table()}\n{END}{rest.split(END, 1)[1]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="+", choices=list(MODELS), help="build these (default: all)")
@@ -231,6 +260,7 @@ def main() -> None:
         print(f"{name}: val acc {100 * card['val_acc']:.2f}%, stream misses at 1 FA/h "
               f"{100 * card['stream_misses_at_1fa']:.1f}%, {card['params']:,} params, "
               f"{card['bytes'] / 1e3:.0f} kB", flush=True)
+    write_readme_table()
 
 
 if __name__ == "__main__":
