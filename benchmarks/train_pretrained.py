@@ -44,7 +44,7 @@ MODELS = {
     "bcresnet3": {"config": "configs/bcresnet3.yaml", "epochs": 15,
                   "summary": "most accurate up to 60 K params"},
     "bcresnet1": {"config": "configs/bcresnet1.yaml", "epochs": 20,
-                  "summary": "smallest (9 K params)"},
+                  "summary": "smallest within 2 points of the most accurate"},
     "bcresnet1-causal": {"config": "configs/bcresnet1.yaml", "epochs": 20,
                          "set": ["model.args.causal=true"],
                          "summary": "causal streaming (no look-ahead)"},
