@@ -123,6 +123,7 @@ def _slim_checkpoint(src: Path, dst: Path) -> None:
     state["optimizer"] = None
     state.pop("mlflow_run_id", None)
     state["config"]["data"]["root"] = None  # no path of the machine that built it
+    state = {k: v if k == "model" else _relative(v) for k, v in state.items()}
     dst.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(state, buf)
