@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kwskit.config import budget_overrides, load_config  # noqa: E402
-from kwskit.fsutil import write_json, write_text  # noqa: E402
+from kwskit.fsutil import replace_between, write_json  # noqa: E402
 
 DEFAULT_RECIPES = ["configs/dscnn_s.yaml", "configs/bcresnet1.yaml", "configs/bcresnet3.yaml"]
 RESULTS = ROOT / "benchmarks" / "results" / "gsc_dev.json"
@@ -104,13 +104,8 @@ def render_table(rows: list[dict]) -> str:
 
 
 def update_readme(rows: list[dict], readme: Path) -> None:
-    text = readme.read_text()
-    if START not in text or END not in text:
+    if not replace_between(readme, START, END, render_table(rows)):
         print(f"{readme}: no {START} / {END} markers; table not written")
-        return
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    write_text(readme, f"{before}{START}\n{render_table(rows)}\n{END}{after}")
 
 
 def load_rows() -> list[dict]:

@@ -236,13 +236,9 @@ def readme_table() -> str:
 
 
 def write_readme_table() -> None:
-    from kwskit.fsutil import write_text
+    from kwskit.fsutil import replace_between
 
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        write_text(readme, f"{head}{START}\n{readme_table()}\n{END}{rest.split(END, 1)[1]}")
+    replace_between(ROOT / "README.md", START, END, readme_table())
 
 
 def main() -> None:

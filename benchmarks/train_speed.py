@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kwskit.fsutil import write_json, write_text  # noqa: E402
+from kwskit.fsutil import replace_between, write_json, write_text  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -139,11 +139,7 @@ def main() -> None:
     settings = {**vars(a), "data": os.path.relpath(a.data, ROOT)}  # no machine paths in results
     write_json(RESULTS / f"{a.name}.json", {"date": stamp, "settings": settings, "rows": rows})
     if a.name == "train_speed":  # experiments with another --name leave the README alone
-        readme = ROOT / "README.md"
-        old = readme.read_text()
-        if START in old and END in old:
-            head, rest = old.split(START, 1)
-            write_text(readme, f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        replace_between(ROOT / "README.md", START, END, text)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def replace_between(path: str | os.PathLike, start: str, end: str, body: str) -> bool:
+    """Put ``body`` between the marker lines ``start`` and ``end`` of a text file (a README's
+    generated table); False, and nothing written, when the file lacks either marker."""
+    text = Path(path).read_text()
+    if start not in text or end not in text:
+        return False
+    before, rest = text.split(start, 1)
+    write_text(path, f"{before}{start}\n{body}\n{end}{rest.split(end, 1)[1]}")
+    return True
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
 import shutil
 import subprocess
 import sys
@@ -125,7 +126,7 @@ assert "torch" not in sys.modules
 
 def test_stream_runs_a_pretrained_model_without_torch(tiny_shelf, tiny_data, tmp_path):
     wav = next(tiny_data.glob("no/*.wav"))
-    env = {**__import__("os").environ, "KWSKIT_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "KWSKIT_HOME": str(tmp_path / "home")}
     res = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(tiny_shelf), str(wav)],
                          capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
