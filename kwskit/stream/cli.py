@@ -150,19 +150,21 @@ class _LiveLine:
 def open_streamer(model: str, window_s: float, threads: int, checkpoint: str = "best"):
     """(streamer, labels, calibration or None) for a run directory or checkpoint (PyTorch)
     or an exported ``.onnx`` streaming model (ONNX Runtime; torch is not imported). A run
-    that ``kwskit quantize`` wrote holds a quantized streaming model: it streams with that."""
-    quantized = None
+    that ``kwskit quantize`` wrote holds a quantized streaming model: it streams with that.
+    Without PyTorch, a run streams with its exported streaming model."""
+    quantized = exported = None
     if not str(model).endswith(".onnx"):
         from kwskit.eval.evaluate import quantized_export
 
-        quantized = quantized_export(model, "stream") or _export_without_torch(model)
-    if quantized is not None or str(model).endswith(".onnx"):
+        quantized = quantized_export(model, "stream")
+        exported = quantized or _export_without_torch(model)
+    if exported is not None or str(model).endswith(".onnx"):
         from kwskit.runtime import OnnxStreamer
 
-        streamer = OnnxStreamer(quantized or model, threads=threads)
+        streamer = OnnxStreamer(exported or model, threads=threads)
         if abs(streamer.window_s - window_s) > 1e-9:
             again = "quantize again" if quantized else "export again"
-            raise KwsError(f"--window-s: {quantized or model} was exported with a "
+            raise KwsError(f"--window-s: {exported or model} was exported with a "
                            f"{streamer.window_s:g}-s window; {again} with --window-s {window_s:g}")
         return streamer, streamer.labels, streamer.card.get("calibration")
     import torch
@@ -179,7 +181,8 @@ def open_streamer(model: str, window_s: float, threads: int, checkpoint: str = "
 def _export_without_torch(run: str) -> Path | None:
     """A run's exported streaming model (RUN/export/*-stream.onnx, as the pretrained models
     ship) when PyTorch is not installed: ONNX Runtime then runs it. None when torch is there
-    (the checkpoint is used) or the run has no single streaming export."""
+    (the checkpoint is used) or ``run`` is a checkpoint file; KwsError when the run has no
+    single streaming export."""
     import importlib.util
 
     try:
