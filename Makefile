@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+# test workers (pytest-xdist), one torch thread each: 2 halves the suite's time on 2 cores
+TEST_JOBS ?= 2
 
 .PHONY: demo test venv web clean
 
@@ -24,7 +26,7 @@ demo: venv
 	$(BIN)/python -m kwskit.demo $(ARGS)
 
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist worksteal tests
 
 web: venv
 	$(BIN)/python -m kwskit.web.build

@@ -7,12 +7,17 @@ a small model can learn the classes in a few epochs -- quick enough for end-to-e
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from kwskit.data.audio import write_audio
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N runs N workers side by side: one torch thread each, or they fight over the cores
+    torch.set_num_threads(1)
 
 SR = 16000
 WORDS = {"yes": (500, 900), "no": (1400, 700), "up": (2200, 2600), "down": (900, 300), "bed": (1800, 1800)}
