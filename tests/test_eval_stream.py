@@ -13,7 +13,7 @@ from kwskit.config import ExperimentConfig, ModelConfig
 from kwskit.data.streams import (Occurrence, build_test_stream, read_labels_file, speech_bounds,
                                  write_labels_file)
 from kwskit.errors import KwsError
-from kwskit.eval.detection import frr_at_fa, score_detections, sweep
+from kwskit.eval.detection import frr_at_fa, keyword_peaks, score_detections, sweep
 from kwskit.models import model_info
 from kwskit.models.io import build_pipeline, save_checkpoint
 from kwskit.stream.detector import Detection
@@ -192,6 +192,24 @@ def test_sweep_with_oracle_scores_and_a_false_alarm():
     assert frr_at_fa(ov, res["thresholds"], 1.0) == {"frr": 1.0, "fa_per_hour": 0.0,
                                                      "threshold": 0.95}
     assert frr_at_fa(ov, res["thresholds"], 100.0)["frr"] == 0.0
+
+
+def test_keyword_peaks_say_which_thresholds_miss_each_word():
+    occ = [Occurrence("yes" if i % 2 else "no", 3.0 * i + 1, 3.0 * i + 1.5) for i in range(8)]
+    s, t = _oracle_scores(occ, 26.0)
+    k = LABELS.index("yes")
+    late = (t > occ[1].end + 1.0) & (t < occ[1].end + 1.2)  # after the window: does not count
+    s[late, k] = 1.0
+    s[(t >= occ[3].start) & (t <= occ[3].end + 0.3), k] = 0.4  # a quiet 'yes'
+    peaks = keyword_peaks(s, t, LABELS, occ, smoothing_s=0.0)
+    assert peaks[1] == pytest.approx(0.9) and peaks[3] == pytest.approx(0.4)
+    assert np.allclose(np.delete(peaks, 3), 0.9)
+    # the DET curve agrees: thresholds above a word's peak miss it, those at or below find it
+    res = sweep(s, t, LABELS, occ, duration_s=26.0, thresholds=[0.4, 0.41, 0.9, 0.91],
+                smoothing_s=0.0)
+    assert res["curves"]["overall"]["misses"] == [0, 1, 1, 8]
+    with pytest.raises(KwsError, match="'maybe'|maybe"):
+        keyword_peaks(s, t, LABELS, [Occurrence("maybe", 1.0, 1.5)])
 
 
 def test_plot_det_compares_results_on_one_plot(tmp_path, capsys):

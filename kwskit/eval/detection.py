@@ -121,6 +121,33 @@ def sweep(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
             "duration_s": float(duration_s)}
 
 
+def keyword_peaks(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
+                  occurrences: Sequence[Occurrence], smoothing_s: float = 0.1,
+                  tolerance_s: float = TOLERANCE_S) -> np.ndarray:
+    """The highest smoothed score each occurrence's own keyword reaches inside its detection
+    window [onset, end + ``tolerance_s``] (the window the scoring rule accepts), in the order
+    of ``occurrences``; 0 where no frame falls in the window.
+
+    The DET curve says how many keywords a threshold misses; these peaks say why: an
+    occurrence is missed at every threshold above its peak, whatever the false alarms.
+    """
+    index = {lab: i for i, lab in enumerate(labels)}
+    unknown = sorted({o.keyword for o in occurrences} - set(index))
+    if unknown:
+        raise KwsError(f"occurrences: keyword(s) {', '.join(unknown)} not among the model's "
+                       f"labels ({', '.join(labels)})")
+    times = np.asarray(times, np.float64)
+    smoothed = Detector(labels, smoothing_s=smoothing_s).smooth(np.asarray(scores, np.float64),
+                                                                times)
+    peaks = np.zeros(len(occurrences))
+    for n, o in enumerate(occurrences):
+        a = np.searchsorted(times, o.start, side="left")
+        b = np.searchsorted(times, o.end + tolerance_s, side="right")
+        if b > a:
+            peaks[n] = smoothed[a:b, index[o.keyword]].max()
+    return peaks
+
+
 SMOOTHING_GRID = (0.05, 0.1, 0.2, 0.3)  # seconds tried by fit_thresholds
 
 
