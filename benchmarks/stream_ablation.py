@@ -1,7 +1,7 @@
 """Old vs new training for the stream: misses at 0.5 / 1 / 5 / 10 false alarms per hour.
 
     python benchmarks/stream_ablation.py "TF silence=runs/a" "SNR noise + mining=runs/b" ...
-        [--data ../shared/data/gsc-dev] [--minutes 60] [--loud-noise 0.3]
+        [--data ../shared/data/gsc-dev] [--minutes 60] [--loud-noise 0.3] [--readme MARKER]
 
 Every run is scored on the same seeded stream of gsc-dev's validation speakers (eval-stream's
 builder: SNR 10-20 dB, other words between keywords, ``--loud-noise`` of the pauses loud) and,
@@ -36,7 +36,7 @@ from kwskit.data.streams import build_test_stream  # noqa: E402
 from kwskit.eval.detection import (fit_thresholds, frr_at_fa, keyword_peaks,  # noqa: E402
                                    score_detections, sweep)
 from kwskit.eval.plots import plot_det_compare  # noqa: E402
-from kwskit.fsutil import write_json, write_text  # noqa: E402
+from kwskit.fsutil import replace_between, write_json, write_text  # noqa: E402
 from kwskit.stream.detector import Detector  # noqa: E402
 from kwskit.stream.evalstream import score_stream  # noqa: E402
 from noise_levels import LEVELS, noise_windows, recall_by_level  # noqa: E402
@@ -146,6 +146,8 @@ def main() -> int:
     ap.add_argument("--calib-seed", type=int, default=11)
     ap.add_argument("--loud-noise", type=float, default=0.3)
     ap.add_argument("--name", default="stream_ablation", help="results file stem")
+    ap.add_argument("--readme", metavar="MARKER",
+                    help="also put the table between <!-- MARKER:start/end --> in README.md")
     a = ap.parse_args()
     torch.set_num_threads(1)
     pairs = [r.split("=", 1) if "=" in r else (Path(r).name, r) for r in a.runs]
@@ -157,6 +159,10 @@ def main() -> int:
     md = table(rows, a)
     print(md)
     write_text(RESULTS / f"{a.name}.md", md)
+    if a.readme and not replace_between(ROOT / "README.md", f"<!-- {a.readme}:start -->",
+                                        f"<!-- {a.readme}:end -->", md.rstrip("\n")):
+        print(f"README.md: no <!-- {a.readme}:start/end --> markers; table not written",
+              file=sys.stderr)
     write_json(RESULTS / f"{a.name}.json", {"settings": vars(a), "noise_levels": list(LEVELS),
                                             "rows": {k: {kk: vv for kk, vv in v.items() if kk != "det"}
                                                      for k, v in rows.items()}})

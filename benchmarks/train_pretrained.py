@@ -46,8 +46,10 @@ MODELS = {
     "bcresnet1": {"config": "configs/bcresnet1.yaml", "epochs": 20,
                   "summary": "smallest within 2 points of the most accurate"},
     "bcresnet1-causal": {"config": "configs/bcresnet1.yaml", "epochs": 20,
-                         "set": ["model.args.causal=true"],
-                         "summary": "causal streaming (no look-ahead)"},
+                         "set": ["model.args.causal=true", "augment.noise_mode=snr",
+                                 "augment.noise_snr_db=[10, 30]"],
+                         "summary": "causal streaming (no look-ahead), trained with noise at "
+                                    "the stream's SNR"},
     "bcresnet1-int8": {"base": "bcresnet1", "quantize": "int8",
                        "summary": "int8 (ONNX Runtime static quantization) of bcresnet1"},
 }
@@ -80,14 +82,16 @@ def _finished(run: Path, epochs: int) -> bool:
     return len(json.loads((run / "metrics.json").read_text())["history"]) >= epochs
 
 
-def stream_misses(run: Path, a) -> float:
-    """Misses at 1 FA/h over all keywords (one threshold) on the ablation's stream."""
+def stream_misses(run: Path, a) -> dict:
+    """Misses at 1 and 10 FA/h over all keywords (one threshold) on the ablation's stream
+    (on 60 min, 1 FA/h rests on the hour's loudest false alarm; 10 FA/h on ten)."""
     from kwskit.eval.detection import frr_at_fa, sweep
     from stream_ablation import scored
 
     s = scored(str(run), a.data, STREAM["minutes"], STREAM["seed"], STREAM["loud"])
     det = sweep(s.scores, s.times, s.labels, s.occurrences, s.duration_s)
-    return frr_at_fa(det["curves"]["overall"], det["thresholds"], 1.0)["frr"]
+    return {f"stream_misses_at_{g}fa": frr_at_fa(det["curves"]["overall"], det["thresholds"], g)["frr"]
+            for g in (1, 10)}
 
 
 def build(name: str, work: Path, a) -> dict:
@@ -144,7 +148,7 @@ def ship_onnx(src: Path, dst: Path) -> None:
     dst.write_bytes(lzma.compress(model.SerializeToString(), preset=9 | lzma.PRESET_EXTREME))
 
 
-def pack(name: str, run: Path, spec: dict, src_spec: dict, misses: float) -> dict:
+def pack(name: str, run: Path, spec: dict, src_spec: dict, misses: dict) -> dict:
     from kwskit.eval.info import profile_target
     from kwskit.pretrained import CARD, HOME
     from kwskit.runtime import OnnxStreamer
@@ -180,7 +184,7 @@ def pack(name: str, run: Path, spec: dict, src_spec: dict, misses: float) -> dic
         "recipe": f"configs/{config}, schedule compressed into {src_spec['epochs']} epochs "
                   f"(--budget-epochs), batch 100" + "".join(f", {s}" for s in src_spec.get("set", [])),
         "epochs": src_spec["epochs"], "val_acc": metrics["best"]["val_acc"],
-        "stream_misses_at_1fa": misses, "params": prof["params"], "macs": prof["macs"],
+        **misses, "params": prof["params"], "macs": prof["macs"],
         "bytes": 0,
         "delay_ms": round(1000 * streamer.card["delay_s"]),
         "causal": any("causal=true" in s for s in src_spec.get("set", [])),
@@ -224,13 +228,14 @@ def readme_table() -> str:
     """The shipped models' cards as a Markdown table."""
     from kwskit.pretrained import card, names
 
-    lines = ["| name | model | params | MACs / 1 s | val acc | stream misses at 1 FA/h | delay | "
-             "shipped bytes | what |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| name | model | params | MACs / 1 s | val acc | stream misses at 1 / 10 FA/h | "
+             "delay | shipped bytes | what |", "|---|---|---|---|---|---|---|---|---|"]
     for name in names():
         c = card(name)
         lines.append(f"| `pretrained:{name}` | {c['model']}{' causal' if c['causal'] else ''} | "
                      f"{c['params']:,} | {c['macs'] / 1e6:.2f} M | {100 * c['val_acc']:.2f}% | "
-                     f"{100 * c['stream_misses_at_1fa']:.1f}% | {c['delay_ms']} ms | "
+                     f"{100 * c['stream_misses_at_1fa']:.1f}% / "
+                     f"{100 * c['stream_misses_at_10fa']:.1f}% | {c['delay_ms']} ms | "
                      f"{c['bytes'] / 1e3:.0f} kB | {c['summary']} |")
     return "\n".join(lines)
 

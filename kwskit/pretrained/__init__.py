@@ -39,6 +39,7 @@ CARD_FIELDS = (
     ("summary", "what"), ("model", "model"), ("labels", "labels"), ("data", "data"),
     ("license", "data licence"), ("recipe", "recipe"), ("epochs", "epochs"),
     ("val_acc", "validation accuracy"), ("stream_misses_at_1fa", "stream misses at 1 FA/h"),
+    ("stream_misses_at_10fa", "stream misses at 10 FA/h"),
     ("params", "params"), ("macs", "MACs per 1-s clip"), ("bytes", "file bytes"),
     ("delay_ms", "streaming delay (ms)"), ("causal", "causal"), ("notes", "notes"),
 )
@@ -125,7 +126,7 @@ def format_card(name: str) -> str:
         value = c[key]
         if key == "labels":
             value = ", ".join(value)
-        elif key in ("val_acc", "stream_misses_at_1fa"):
+        elif key in ("val_acc", "stream_misses_at_1fa", "stream_misses_at_10fa"):
             value = f"{100 * value:.2f}%"
         elif key in ("params", "macs", "bytes"):
             value = f"{value:,}"
