@@ -21,6 +21,7 @@ import argparse
 import functools
 import hashlib
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -163,7 +164,7 @@ def main() -> int:
                                         f"<!-- {a.readme}:end -->", md.rstrip("\n")):
         print(f"README.md: no <!-- {a.readme}:start/end --> markers; table not written",
               file=sys.stderr)
-    write_json(RESULTS / f"{a.name}.json", {"settings": vars(a), "noise_levels": list(LEVELS),
+    write_json(RESULTS / f"{a.name}.json", {"settings": vars(a) | {"data": os.path.relpath(a.data, ROOT)}, "noise_levels": list(LEVELS),
                                             "rows": {k: {kk: vv for kk, vv in v.items() if kk != "det"}
                                                      for k, v in rows.items()}})
     plot_det_compare({k: v["det"] for k, v in rows.items()}, RESULTS / f"{a.name}.png",
