@@ -43,6 +43,7 @@ from kwskit.stream.evalstream import score_stream  # noqa: E402
 from noise_levels import LEVELS, noise_windows, recall_by_level  # noqa: E402
 
 TARGETS = (0.5, 1.0, 5.0, 10.0)
+SPLIT, SNR_DB = "validation", (10.0, 20.0)  # the streams' speakers and word SNRs
 SNR_BANDS = ((10.0, 13.4), (16.6, 20.0))  # the stream's quietest and loudest thirds of words
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -53,7 +54,7 @@ def scored(run: str, data: str, minutes: float, seed: int, loud: float):
     cache = Path(run) / "ablation-scores" / f"{key}.pkl"
     if cache.exists():
         return pickle.loads(cache.read_bytes())
-    s = score_stream(run, data, "validation", minutes, (10.0, 20.0), seed, loud_noise=loud)
+    s = score_stream(run, data, SPLIT, minutes, SNR_DB, seed, loud_noise=loud)
     s.audio = None  # the scores are what is kept
     cache.parent.mkdir(exist_ok=True)
     cache.write_bytes(pickle.dumps(s))
@@ -64,7 +65,7 @@ def scored(run: str, data: str, minutes: float, seed: int, loud: float):
 def keyword_snrs(labels: tuple, data: str, minutes: float, seed: int, loud: float) -> np.ndarray:
     """Each keyword occurrence's SNR in the seeded stream (rebuilt: the score caches keep no
     audio), in the order of its occurrences."""
-    ts = build_test_stream(data, list(labels), "validation", minutes, (10.0, 20.0), seed,
+    ts = build_test_stream(data, list(labels), SPLIT, minutes, SNR_DB, seed,
                            progress=False, loud_noise=loud)
     return np.array([w["snr_db"] for w in ts.words if w["keyword"]])
 

@@ -208,7 +208,7 @@ def test_keyword_peaks_say_which_thresholds_miss_each_word():
     res = sweep(s, t, LABELS, occ, duration_s=26.0, thresholds=[0.4, 0.41, 0.9, 0.91],
                 smoothing_s=0.0)
     assert res["curves"]["overall"]["misses"] == [0, 1, 1, 8]
-    with pytest.raises(KwsError, match="'maybe'|maybe"):
+    with pytest.raises(KwsError, match="maybe"):
         keyword_peaks(s, t, LABELS, [Occurrence("maybe", 1.0, 1.5)])
 
 
