@@ -56,6 +56,7 @@ def test_config_defaults_and_roundtrip():
     ({"noise_prob": 1.5}, r"^augment\.noise_prob: must be in \[0, 1\], got 1\.5$"),
     ({"noise_probability": 0.5}, r"^augment\.noise_probability: unknown key"),
     ({"noise_mode": "db"}, r"^augment\.noise_mode: must be 'volume' or 'snr'"),
+    ({"noise_snr_over": "word"}, r"^augment\.noise_snr_over: must be 'active' or 'clip'"),
     ({"gain_db": [6, -6]}, r"^augment\.gain_db: must be a \[low, high\] pair"),
     ({"speed_range": [0.9]}, r"^augment\.speed_range: must be a \[low, high\] pair"),
     ({"speed_range": [0.1, 1.0]}, r"^augment\.speed_range: must lie within \[0\.5, 2\]"),
@@ -121,6 +122,25 @@ def test_noise_snr_mode_hits_the_drawn_snr():
         snr = 10 * np.log10(np.mean(x.astype(np.float64) ** 2) / np.mean((y - x).astype(np.float64) ** 2))
         assert 3.0 <= d.noise_snr_db <= 15.0
         assert abs(snr - d.noise_snr_db) < 0.05, (snr, d.noise_snr_db)
+
+
+@pytest.mark.parametrize("over,span", [("active", (0.25, 0.75)), ("clip", (0.0, 1.0))])
+def test_noise_snr_is_measured_where_the_stream_measures_it(over, span):
+    # a word filling half the clip: over its active part (as kwskit.data.streams measures a
+    # word's SNR) the drawn SNR holds there; over the whole clip it holds on the clip's power,
+    # so the word's own SNR comes out 3 dB higher
+    aug = _aug([_noise(0)], noise_prob=1.0, noise_mode="snr", noise_snr_db=(10.0, 10.0),
+               noise_snr_over=over)
+    x = _burst()
+    y = aug.apply(x, aug.draw(np.random.default_rng(4), len(x)))
+    a, b = (int(t * SR) for t in span)
+    on = slice(int(0.25 * SR), int(0.75 * SR))
+    word_snr = 10 * np.log10(np.mean(x[on].astype(np.float64) ** 2)
+                             / np.mean((y - x)[on].astype(np.float64) ** 2))
+    span_snr = 10 * np.log10(np.mean(x[a:b].astype(np.float64) ** 2)
+                             / np.mean((y - x)[a:b].astype(np.float64) ** 2))
+    assert abs(span_snr - 10.0) < 0.2, span_snr
+    assert abs(word_snr - (10.0 if over == "active" else 13.0)) < 0.2, word_snr
 
 
 def test_noise_volume_mode_adds_scaled_excerpt():

@@ -17,9 +17,12 @@ probability, all random choices coming from the ``np.random.Generator`` passed i
 5. background noise -- add a random excerpt of one of the long noise arrays, scaled either
    * ``noise_mode="volume"``: by a factor drawn uniformly in ``noise_volume`` (TF's recipe:
      background_frequency=0.8, background_volume=0.1 -> noise_prob=0.8, noise_volume=(0, 0.1)),
-   * ``noise_mode="snr"``: to an SNR drawn uniformly in ``noise_snr_db`` (dB), measured as the
-     power of the whole (shifted) clip over the power of the scaled noise excerpt. A silent clip
-     has no SNR; it falls back to the volume rule.
+   * ``noise_mode="snr"``: to an SNR drawn uniformly in ``noise_snr_db`` (dB). With
+     ``noise_snr_over="active"`` (the default) it is measured as the stream builder
+     (kwskit.data.streams) measures a word's: the clip's power over its active part
+     (``speech_bounds`` of the shifted clip) over the noise excerpt's power in the same samples;
+     ``"clip"`` uses the whole clip and excerpt, which puts a short word's speech 3-6 dB above
+     the drawn SNR. A silent clip has no SNR; it falls back to the volume rule.
    Silence examples (``silence=True``) always get noise, at a volume drawn in
    ``[0, silence_volume]`` (TF draws in [0, 1]).
 
@@ -39,6 +42,7 @@ import torch
 from torch import nn
 
 from kwskit import SAMPLE_RATE
+from kwskit.data.streams import speech_bounds
 from kwskit.errors import KwsError
 
 
@@ -54,6 +58,7 @@ class AugmentConfig:
     noise_mode: str = "volume"  # "volume" | "snr"
     noise_volume: tuple = (0.0, 0.1)  # amplitude factor on the noise, volume mode
     noise_snr_db: tuple = (5.0, 20.0)  # dB, snr mode
+    noise_snr_over: str = "active"  # snr mode: "active" (the word, as streams do) | "clip"
     silence_volume: float = 1.0  # noise factor upper bound for silence examples
     # dBFS range of silence examples' RMS (-80..-10: a quiet room to loud noise); each silence
     # example is scaled to an RMS drawn uniformly in dB, whatever its noise file's own level
@@ -122,6 +127,8 @@ class AugmentConfig:
                 raise bad(name, "must be in [0, 1]")
         if self.noise_mode not in ("volume", "snr"):
             raise bad("noise_mode", "must be 'volume' or 'snr'")
+        if self.noise_snr_over not in ("active", "clip"):
+            raise bad("noise_snr_over", "must be 'active' or 'clip'")
         limits = {"noise_volume": (0.0, 10.0), "noise_snr_db": (-30.0, 100.0),
                   "gain_db": (-40.0, 40.0), "speed_range": (0.5, 2.0),
                   "pitch_semitones": (-12.0, 12.0)}
@@ -293,6 +300,14 @@ class WaveAugment:
             d.target_rms = float(10.0 ** (rng.uniform(*c.silence_rms_dbfs) / 20.0))
         return d
 
+    def _snr_span(self, y: np.ndarray) -> tuple[int, int]:
+        """The samples an SNR is measured over: the active part, or the whole clip."""
+        if self.cfg.noise_snr_over == "active":
+            bounds = speech_bounds(y, self.sample_rate)
+            if bounds is not None:
+                return bounds
+        return 0, len(y)
+
     def apply(self, x: np.ndarray, d: AugmentDraw) -> np.ndarray:
         """Apply the choices ``d`` to ``x`` (1-D); returns a new float32 array, same length."""
         x = np.asarray(x)
@@ -312,7 +327,9 @@ class WaveAugment:
             nz = noise_excerpt(self.noises[d.noise], d.noise_offset, n)
             scale = d.noise_volume
             if d.noise_snr_db is not None:
-                p_sig, p_noise = float(np.mean(y.astype(np.float64) ** 2)), float(np.mean(nz.astype(np.float64) ** 2))
+                a, b = self._snr_span(y)
+                p_sig = float(np.mean(y[a:b].astype(np.float64) ** 2))
+                p_noise = float(np.mean(nz[a:b].astype(np.float64) ** 2))
                 if p_sig > 0 and p_noise > 0:
                     scale = math.sqrt(p_sig / (p_noise * 10.0 ** (d.noise_snr_db / 10.0)))
             y = y + np.float32(scale) * nz
