@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from kwskit.data.speech_commands import keyword_labels  # noqa: E402
 from kwskit.data.streams import build_test_stream  # noqa: E402
 from kwskit.eval.detection import (fit_thresholds, frr_at_fa, keyword_peaks,  # noqa: E402
-                                   score_detections, sweep)
+                                   keyword_rivals, score_detections, sweep)
 from kwskit.eval.plots import plot_det_compare  # noqa: E402
 from kwskit.fsutil import replace_between, write_json, write_text  # noqa: E402
 from kwskit.stream.detector import Detector  # noqa: E402
@@ -76,6 +76,11 @@ def peaks_by_snr(test, a) -> dict:
     peaks = keyword_peaks(test.scores, test.times, test.labels, test.occurrences)
     snr = keyword_snrs(tuple(test.labels), a.data, a.minutes, a.seed, a.loud_noise)
     out = {"all": {"median": float(np.median(peaks)), "reach_0.5": float(np.mean(peaks >= 0.5))}}
+    # what the words that never reach 0.5 were taken for, at their own score's peak
+    rivals = keyword_rivals(test.scores, test.times, test.labels, test.occurrences)
+    lost = [r for r, p in zip(rivals, peaks) if p < 0.5]
+    out["lost_to"] = {"_silence_": lost.count("_silence_"), "_unknown_": lost.count("_unknown_"),
+                      "keyword": sum(r not in ("_silence_", "_unknown_", None) for r in lost)}
     for lo, hi in SNR_BANDS:
         sel = (snr >= lo) & (snr <= hi)
         out[f"{lo:g}-{hi:g}"] = {"median": float(np.median(peaks[sel])),
@@ -118,6 +123,11 @@ def _peaks(p: dict) -> str:
     return f"{lo['median']:.2f} ({_pct(lo['reach_0.5'])}) / {hi['median']:.2f} ({_pct(hi['reach_0.5'])})"
 
 
+def _lost(p: dict) -> str:
+    lost = p["lost_to"]
+    return f"{lost['_silence_']} / {lost['_unknown_']} / {lost['keyword']}"
+
+
 def table(rows: dict, a) -> str:
     occ = next(iter(rows.values()))["det"]["occurrences"]["overall"]
     lines = [f"Validation-speaker stream: {a.minutes:g} min, {occ} keywords, SNR 10-20 dB, "
@@ -127,14 +137,15 @@ def table(rows: dict, a) -> str:
              "",
              "| run | val acc | misses at 0.5 / 1 / 5 / 10 FA/h | per-keyword thresholds for 1 FA/h: "
              "misses (FA/h) | noise RMS 1e-4..0.3 called a keyword (worst level) | keyword peak "
-             "score, median (share >= 0.5): words at SNR 10-13 / 17-20 dB |",
-             "|---|---|---|---|---|---|"]
+             "score, median (share >= 0.5): words at SNR 10-13 / 17-20 dB | words never at 0.5 "
+             "taken for silence / unknown / another keyword |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         m = " / ".join(_pct(r["misses"][f"{g:g}"]["frr"]) for g in TARGETS)
         c = r["calibrated_1"]
         lines.append(f"| {name} | {100 * r['val_acc']:.2f}% | {m} | {_pct(c['frr'])} "
                      f"({c['fa_per_hour']:.1f}) | {_pct(r['noise_called_keyword_max'])} | "
-                     f"{_peaks(r['peaks'])} |")
+                     f"{_peaks(r['peaks'])} | {_lost(r['peaks'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,8 @@ from kwskit.config import ExperimentConfig, ModelConfig
 from kwskit.data.streams import (Occurrence, build_test_stream, read_labels_file, speech_bounds,
                                  write_labels_file)
 from kwskit.errors import KwsError
-from kwskit.eval.detection import frr_at_fa, keyword_peaks, score_detections, sweep
+from kwskit.eval.detection import (frr_at_fa, keyword_peaks, keyword_rivals, score_detections,
+                                   sweep)
 from kwskit.models import model_info
 from kwskit.models.io import build_pipeline, save_checkpoint
 from kwskit.stream.detector import Detection
@@ -210,6 +211,22 @@ def test_keyword_peaks_say_which_thresholds_miss_each_word():
     assert res["curves"]["overall"]["misses"] == [0, 1, 1, 8]
     with pytest.raises(KwsError, match="maybe"):
         keyword_peaks(s, t, LABELS, [Occurrence("maybe", 1.0, 1.5)])
+
+
+def test_keyword_rivals_name_what_a_word_was_taken_for():
+    occ = [Occurrence("yes", 1.0, 1.5), Occurrence("no", 4.0, 4.5), Occurrence("yes", 7.0, 7.5)]
+    s, t = _oracle_scores(occ, 10.0)
+    sil, unk = LABELS.index("_silence_"), LABELS.index("_unknown_")
+    word = lambda o: (t >= o.start) & (t <= o.end + 0.3)  # noqa: E731
+    yes = LABELS.index("yes")
+    s[word(occ[0]), yes], s[word(occ[0]), sil] = 0.3, 0.6  # drowned in noise
+    s[word(occ[2]), yes], s[word(occ[2]), sil] = 0.3, 0.05  # sounded like another word:
+    s[word(occ[2]), unk], s[word(occ[2]), LABELS.index("no")] = 0.45, 0.2
+    # (after the word, _silence_ scores 1.0 in the pause: the rival is read at the word's peak)
+    assert keyword_rivals(s, t, LABELS, occ, smoothing_s=0.0)[::2] == ["_silence_", "_unknown_"]
+    assert keyword_rivals(s, t, LABELS, [Occurrence("yes", 20.0, 20.5)]) == [None]  # no frames
+    with pytest.raises(KwsError, match="maybe"):
+        keyword_rivals(s, t, LABELS, [Occurrence("maybe", 1.0, 1.5)])
 
 
 def test_plot_det_compares_results_on_one_plot(tmp_path, capsys):

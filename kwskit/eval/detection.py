@@ -125,6 +125,24 @@ def sweep(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
             "duration_s": float(duration_s)}
 
 
+def _occurrence_windows(scores, times, labels, occurrences, smoothing_s, tolerance_s):
+    """(n, own class index, smoothed scores inside the window) for each occurrence with frames
+    in its detection window [onset, end + ``tolerance_s``]."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    unknown = sorted({o.keyword for o in occurrences} - set(index))
+    if unknown:
+        raise KwsError(f"occurrences: keyword(s) {', '.join(unknown)} not among the model's "
+                       f"labels ({', '.join(labels)})")
+    times = np.asarray(times, np.float64)
+    smoothed = Detector(labels, smoothing_s=smoothing_s).smooth(np.asarray(scores, np.float64),
+                                                                times)
+    for n, o in enumerate(occurrences):
+        a = np.searchsorted(times, o.start, side="left")
+        b = np.searchsorted(times, o.end + tolerance_s, side="right")
+        if b > a:
+            yield n, index[o.keyword], smoothed[a:b]
+
+
 def keyword_peaks(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
                   occurrences: Sequence[Occurrence], smoothing_s: float = 0.1,
                   tolerance_s: float = TOLERANCE_S) -> np.ndarray:
@@ -135,21 +153,27 @@ def keyword_peaks(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
     The DET curve says how many keywords a threshold misses; these peaks say why: an
     occurrence is missed at every threshold above its peak, whatever the false alarms.
     """
-    index = {lab: i for i, lab in enumerate(labels)}
-    unknown = sorted({o.keyword for o in occurrences} - set(index))
-    if unknown:
-        raise KwsError(f"occurrences: keyword(s) {', '.join(unknown)} not among the model's "
-                       f"labels ({', '.join(labels)})")
-    times = np.asarray(times, np.float64)
-    smoothed = Detector(labels, smoothing_s=smoothing_s).smooth(np.asarray(scores, np.float64),
-                                                                times)
     peaks = np.zeros(len(occurrences))
-    for n, o in enumerate(occurrences):
-        a = np.searchsorted(times, o.start, side="left")
-        b = np.searchsorted(times, o.end + tolerance_s, side="right")
-        if b > a:
-            peaks[n] = smoothed[a:b, index[o.keyword]].max()
+    for n, own, window in _occurrence_windows(scores, times, labels, occurrences, smoothing_s,
+                                              tolerance_s):
+        peaks[n] = window[:, own].max()
     return peaks
+
+
+def keyword_rivals(scores: np.ndarray, times: np.ndarray, labels: Sequence[str],
+                   occurrences: Sequence[Occurrence], smoothing_s: float = 0.1,
+                   tolerance_s: float = TOLERANCE_S) -> list[str | None]:
+    """For each occurrence, the class with the highest smoothed score other than its own at the
+    frame where its own score peaks inside its detection window (None where no frame falls in
+    it): what a missed keyword was taken for at its best moment (``_silence_`` when the word
+    drowned in the noise, ``_unknown_`` when it sounded like another word)."""
+    rivals: list[str | None] = [None] * len(occurrences)
+    for n, own, window in _occurrence_windows(scores, times, labels, occurrences, smoothing_s,
+                                              tolerance_s):
+        frame = window[int(np.argmax(window[:, own]))].copy()
+        frame[own] = -np.inf
+        rivals[n] = labels[int(np.argmax(frame))]
+    return rivals
 
 
 SMOOTHING_GRID = (0.05, 0.1, 0.2, 0.3)  # seconds tried by fit_thresholds
