@@ -18,11 +18,11 @@ probability, all random choices coming from the ``np.random.Generator`` passed i
    * ``noise_mode="volume"``: by a factor drawn uniformly in ``noise_volume`` (TF's recipe:
      background_frequency=0.8, background_volume=0.1 -> noise_prob=0.8, noise_volume=(0, 0.1)),
    * ``noise_mode="snr"``: to an SNR drawn uniformly in ``noise_snr_db`` (dB). With
-     ``noise_snr_over="active"`` (the default) it is measured as the stream builder
-     (kwskit.data.streams) measures a word's: the clip's power over its active part
-     (``speech_bounds`` of the shifted clip) over the noise excerpt's power in the same samples;
-     ``"clip"`` uses the whole clip and excerpt, which puts a short word's speech 3-6 dB above
-     the drawn SNR. A silent clip has no SNR; it falls back to the volume rule.
+     ``noise_snr_over="clip"`` (the default) it is the power of the whole (shifted) clip over
+     that of the scaled noise excerpt, which puts a short word's own speech 3-6 dB above the
+     drawn SNR; ``"active"`` measures it as the stream builder (kwskit.data.streams) measures a
+     word's: the clip's power over its active part (``speech_bounds``) over the excerpt's power
+     in the same samples. A silent clip has no SNR; it falls back to the volume rule.
    Silence examples (``silence=True``) always get noise, at a volume drawn in
    ``[0, silence_volume]`` (TF draws in [0, 1]).
 
@@ -58,7 +58,7 @@ class AugmentConfig:
     noise_mode: str = "volume"  # "volume" | "snr"
     noise_volume: tuple = (0.0, 0.1)  # amplitude factor on the noise, volume mode
     noise_snr_db: tuple = (5.0, 20.0)  # dB, snr mode
-    noise_snr_over: str = "active"  # snr mode: "active" (the word, as streams do) | "clip"
+    noise_snr_over: str = "clip"  # snr mode: "clip" (whole clip) | "active" (the word, as streams)
     silence_volume: float = 1.0  # noise factor upper bound for silence examples
     # dBFS range of silence examples' RMS (-80..-10: a quiet room to loud noise); each silence
     # example is scaled to an RMS drawn uniformly in dB, whatever its noise file's own level
