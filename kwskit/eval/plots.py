@@ -213,7 +213,8 @@ def plot_det_compare(results: dict, path: str | os.PathLike, title: str | None =
     stream): ``results`` maps a name to a ``sweep`` result; the ``marks`` FA/h are dotted."""
     if not results:
         raise KwsError("plot det: no results to plot")
-    fig = Figure(figsize=(7.5, 5.4))
+    many = len(results) > 6  # then the legend would cover the curves: it goes beside them
+    fig = Figure(figsize=(11.5 if many else 7.5, 5.4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for (name, res), color in zip(results.items(), _colors(len(results))):
@@ -224,9 +225,11 @@ def plot_det_compare(results: dict, path: str | os.PathLike, title: str | None =
     _det_axes(ax, marks)
     minutes = max(r["duration_s"] for r in results.values()) / 60.0
     ax.set_title(title or f"Streaming DET, overall, {minutes:.0f} min stream", fontsize=11)
-    # lower left: where DET curves (high FRR at few false alarms) never go
-    ax.legend(fontsize=7.5, frameon=False, loc="lower left", title="run (occurrences)",
-              title_fontsize=7.5)
+    # lower left: where DET curves (high FRR at few false alarms) rarely go
+    where = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0)) if many else dict(loc="lower left")
+    ax.legend(fontsize=7.5, frameon=False, title="run (occurrences)", title_fontsize=7.5, **where)
+    if many:
+        fig.subplots_adjust(left=0.07, right=0.62)
     _save(fig, path)
     return fig
 
