@@ -251,6 +251,22 @@ def test_plot_det_compares_results_on_one_plot(tmp_path, capsys):
     assert cli(["plot", "det", str(tmp_path / "clean"), "--names", "a,b"]) == 2
 
 
+def test_plot_det_puts_a_long_legend_beside_the_curves(tmp_path):
+    from kwskit.eval.plots import plot_det_compare
+
+    occ = [Occurrence("yes", 3.0 * i + 1, 3.0 * i + 1.5) for i in range(10)]
+    s, t = _oracle_scores(occ, 35.0)
+    res = sweep(s, t, LABELS, occ, duration_s=35.0)
+    few = plot_det_compare({f"run {i}": res for i in range(3)}, tmp_path / "few.png")
+    many = plot_det_compare({f"run {i}": res for i in range(7)}, tmp_path / "many.png")
+    assert few.get_figwidth() < many.get_figwidth()
+    inside = few.axes[0].get_legend().get_window_extent().x1
+    beside = many.axes[0].get_legend().get_window_extent().x0
+    assert inside < few.axes[0].get_window_extent().x1  # inside the axes
+    assert beside > many.axes[0].get_window_extent().x1  # right of them
+    assert (tmp_path / "many.png").stat().st_size > 10_000
+
+
 def test_labels_file_round_trip_and_errors(tmp_path):
     occ = [Occurrence("yes", 1.25, 1.75), Occurrence("no", 4.0, 4.5)]
     write_labels_file(tmp_path / "l.tsv", occ)
