@@ -47,7 +47,7 @@ MODELS = {
                   "summary": "smallest within 2 points of the most accurate"},
     "bcresnet1-causal": {"config": "configs/bcresnet1.yaml", "epochs": 20,
                          "set": ["model.args.causal=true", "augment.noise_mode=snr",
-                                 "augment.noise_snr_db=[10, 30]", "augment.noise_snr_over=clip"],
+                                 "augment.noise_snr_db=[10, 30]"],
                          "summary": "causal streaming (no look-ahead), trained with noise at "
                                     "the stream's SNR"},
     "bcresnet1-int8": {"base": "bcresnet1", "quantize": "int8",

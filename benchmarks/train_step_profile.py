@@ -112,8 +112,8 @@ def profile_groups(step, steps: int = 5) -> tuple[dict, list]:
 def child(a) -> None:
     """One timing in this process (``--child``): prints one JSON line."""
     torch.set_num_threads(a.threads)
-    if a.keep_memory:
-        keep_freed_memory()
+    if a.keep_memory and not keep_freed_memory():
+        raise SystemExit("--keep-memory: this C library has no glibc mallopt")
     print(json.dumps(time_steps(make_step(a.models[0], a.batch), a.steps)))
 
 
@@ -134,7 +134,7 @@ def report(model: str, a) -> str:
         lines.append(f"| {label} | {r['median_ms']:.0f} / {r['min_ms']:.0f} | "
                      f"{clips / r['median_ms'] * 1e3:.0f} | {r['page_faults']:.0f} | "
                      f"{r['sys_ms']:.1f} |")
-    for keep in (False, True):  # alternate so that load drift hits both settings alike
+    for keep in (False, True):  # back to back, so that both see about the same load
         row(f"{a.threads} threads, glibc malloc {'keeping freed memory' if keep else 'default'}",
             spawn(model, a.threads, a.batch, a.steps, keep)[0], a.batch)
     row("1 thread", spawn(model, 1, a.batch, a.steps, True)[0], a.batch)

@@ -126,7 +126,7 @@ def format_card(name: str) -> str:
         value = c[key]
         if key == "labels":
             value = ", ".join(value)
-        elif key in ("val_acc", "stream_misses_at_1fa", "stream_misses_at_10fa"):
+        elif key == "val_acc" or key.startswith("stream_misses_at_"):  # shares, shown as %
             value = f"{100 * value:.2f}%"
         elif key in ("params", "macs", "bytes"):
             value = f"{value:,}"
