@@ -80,6 +80,8 @@ class TrainConfig:
     amp: bool = True  # mixed precision where there is a GPU (ignored on CPU)
     threads: int = 0  # torch CPU threads, 0 = automatic (kwskit.threads.choose_threads)
     eval_batch_size: int = 256
+    loss: str = "ce"  # ce | maxpool (kwskit.train.maxpool_loss: max-pooled detection loss)
+    loss_context_s: float = 0.5  # maxpool: seconds of another clip in front of each clip
 
 
 @dataclass
@@ -200,6 +202,8 @@ def _check_values(cfg: ExperimentConfig) -> None:
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
         ("train.label_smoothing", 0.0 <= cfg.train.label_smoothing < 1.0, "must be in [0, 1)"),
         ("train.grad_clip", cfg.train.grad_clip >= 0, "must be >= 0"),
+        ("train.loss", cfg.train.loss in ("ce", "maxpool"), "must be ce or maxpool"),
+        ("train.loss_context_s", 0.0 < cfg.train.loss_context_s <= 2.0, "must be in (0, 2] seconds"),
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
         ("optim.name", cfg.optim.name in ("adam", "adamw", "sgd"), "must be adam, adamw or sgd"),
         ("schedule.name", cfg.schedule.name in ("constant", "step", "cosine"),

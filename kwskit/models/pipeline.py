@@ -71,7 +71,12 @@ class KwsPipeline(nn.Module):
             return feats.unsqueeze(1)
         return feats
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, frames_window: int | None = None) -> torch.Tensor:
+        """Clip logits (B, classes); with ``frames_window``, per-frame logits (B, classes, T')
+        of ``backbone.forward_frames`` over that many output frames (a detection loss goes
+        through here, so a DistributedDataParallel wrapper still sees the call)."""
+        if frames_window is not None:
+            return self.backbone.forward_frames(self.features(wave), frames_window)
         return self.backbone(self.features(wave))
 
     # ---------------------------------------------------------------- streaming

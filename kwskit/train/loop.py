@@ -95,6 +95,15 @@ class CrossEntropy(torch.nn.Module):
         return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing), logits
 
 
+def default_objective(cfg: ExperimentConfig, labels: list[str]) -> torch.nn.Module:
+    """The config's loss: ``train.loss`` ce (CrossEntropy) or maxpool (MaxPoolDetection)."""
+    if cfg.train.loss == "maxpool":
+        from kwskit.train.maxpool_loss import MaxPoolDetection
+
+        return MaxPoolDetection(labels, cfg.train.loss_context_s, cfg.train.label_smoothing)
+    return CrossEntropy(cfg.train.label_smoothing)
+
+
 def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resume: bool = False,
         tracking_uri: str | None = None, track: bool = True, quiet: bool = False,
         objective: torch.nn.Module | None = None, start: dict | None = None) -> dict:
@@ -143,7 +152,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
     model = build_pipeline(cfg, len(labels), arch).to(device)
     if start is not None and state is None:
         model.load_state_dict(start["model"])
-    objective = (objective or CrossEntropy(cfg.train.label_smoothing)).to(device)
+    objective = (objective or default_objective(cfg, labels)).to(device)
     optimizer = make_optimizer(cfg, model, extra=list(objective.parameters()))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     history, best, start_epoch, mlflow_id = [], None, 0, None
