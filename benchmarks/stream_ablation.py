@@ -34,8 +34,9 @@ import torch  # noqa: E402
 
 from kwskit.data.speech_commands import keyword_labels  # noqa: E402
 from kwskit.data.streams import build_test_stream  # noqa: E402
-from kwskit.eval.detection import (fit_thresholds, frr_at_fa, keyword_peaks,  # noqa: E402
-                                   keyword_rivals, score_detections, sweep)
+from kwskit.eval.detection import (false_alarm_sources, false_alarms,  # noqa: E402
+                                   fit_thresholds, frr_at_fa, keyword_peaks, keyword_rivals,
+                                   score_detections, sweep)
 from kwskit.eval.plots import plot_det_compare  # noqa: E402
 from kwskit.fsutil import replace_between, write_json, write_text  # noqa: E402
 from kwskit.stream.detector import Detector  # noqa: E402
@@ -62,12 +63,28 @@ def scored(run: str, data: str, minutes: float, seed: int, loud: float):
 
 
 @functools.lru_cache(maxsize=None)
-def keyword_snrs(labels: tuple, data: str, minutes: float, seed: int, loud: float) -> np.ndarray:
-    """Each keyword occurrence's SNR in the seeded stream (rebuilt: the score caches keep no
-    audio), in the order of its occurrences."""
+def stream_words(labels: tuple, data: str, minutes: float, seed: int, loud: float) -> tuple:
+    """The seeded stream's words (rebuilt: the score caches keep no audio), in stream order."""
     ts = build_test_stream(data, list(labels), SPLIT, minutes, SNR_DB, seed,
                            progress=False, loud_noise=loud)
-    return np.array([w["snr_db"] for w in ts.words if w["keyword"]])
+    return tuple(ts.words)
+
+
+def keyword_snrs(labels: tuple, data: str, minutes: float, seed: int, loud: float) -> np.ndarray:
+    """Each keyword occurrence's SNR in the seeded stream, in the order of its occurrences."""
+    return np.array([w["snr_db"] for w in stream_words(labels, data, minutes, seed, loud)
+                     if w["keyword"]])
+
+
+def alarm_sources(test, a, det: dict, fa_per_hour: float = 10.0) -> dict:
+    """At the one-threshold operating point for ``fa_per_hour``: how many false alarms came
+    over another keyword, over other words only, over no word (noise, pauses)."""
+    t = frr_at_fa(det["curves"]["overall"], det["thresholds"], fa_per_hour)["threshold"]
+    if t is None:
+        return {"keyword": None, "word": None, "noise": None}
+    found = Detector(test.labels, threshold=t).detect(test.scores, test.times)
+    words = stream_words(tuple(test.labels), a.data, a.minutes, a.seed, a.loud_noise)
+    return false_alarm_sources(false_alarms(found, test.occurrences), words)
 
 
 def peaks_by_snr(test, a) -> dict:
@@ -110,6 +127,7 @@ def measure(run: str, a, windows) -> dict:
                        for g in TARGETS},
             "calibrated_1": calibrated(test, calib),
             "peaks": peaks_by_snr(test, a),
+            "alarms_at_10": alarm_sources(test, a, det),
             "noise_called_keyword_max": max(v["keyword"] for v in noise.values()),
             "noise_called_silence_min": min(v["silence"] for v in noise.values())}
 
@@ -128,6 +146,10 @@ def _lost(p: dict) -> str:
     return f"{lost['_silence_']} / {lost['_unknown_']} / {lost['keyword']}"
 
 
+def _alarms(src: dict) -> str:
+    return " / ".join("-" if src[k] is None else str(src[k]) for k in ("keyword", "word", "noise"))
+
+
 def table(rows: dict, a) -> str:
     occ = next(iter(rows.values()))["det"]["occurrences"]["overall"]
     lines = [f"Validation-speaker stream: {a.minutes:g} min, {occ} keywords, SNR 10-20 dB, "
@@ -138,14 +160,15 @@ def table(rows: dict, a) -> str:
              "| run | val acc | misses at 0.5 / 1 / 5 / 10 FA/h | per-keyword thresholds for 1 FA/h: "
              "misses (FA/h) | noise RMS 1e-4..0.3 called a keyword (worst level) | keyword peak "
              "score, median (share >= 0.5): words at SNR 10-13 / 17-20 dB | words never at 0.5 "
-             "taken for silence / unknown / another keyword |",
-             "|---|---|---|---|---|---|---|"]
+             "taken for silence / unknown / another keyword | false alarms at 10 FA/h over another "
+             "keyword / other words / no word |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         m = " / ".join(_pct(r["misses"][f"{g:g}"]["frr"]) for g in TARGETS)
         c = r["calibrated_1"]
         lines.append(f"| {name} | {100 * r['val_acc']:.2f}% | {m} | {_pct(c['frr'])} "
                      f"({c['fa_per_hour']:.1f}) | {_pct(r['noise_called_keyword_max'])} | "
-                     f"{_peaks(r['peaks'])} | {_lost(r['peaks'])} |")
+                     f"{_peaks(r['peaks'])} | {_lost(r['peaks'])} | {_alarms(r['alarms_at_10'])} |")
     return "\n".join(lines) + "\n"
 
 

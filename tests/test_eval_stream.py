@@ -13,8 +13,8 @@ from kwskit.config import ExperimentConfig, ModelConfig
 from kwskit.data.streams import (Occurrence, build_test_stream, read_labels_file, speech_bounds,
                                  write_labels_file)
 from kwskit.errors import KwsError
-from kwskit.eval.detection import (frr_at_fa, keyword_peaks, keyword_rivals, score_detections,
-                                   sweep)
+from kwskit.eval.detection import (false_alarm_sources, false_alarms, frr_at_fa, keyword_peaks,
+                                   keyword_rivals, score_detections, sweep)
 from kwskit.models import model_info
 from kwskit.models.io import build_pipeline, save_checkpoint
 from kwskit.stream.detector import Detection
@@ -227,6 +227,25 @@ def test_keyword_rivals_name_what_a_word_was_taken_for():
     assert keyword_rivals(s, t, LABELS, [Occurrence("yes", 20.0, 20.5)]) == [None]  # no frames
     with pytest.raises(KwsError, match="maybe"):
         keyword_rivals(s, t, LABELS, [Occurrence("maybe", 1.0, 1.5)])
+
+
+def test_false_alarms_and_what_they_heard():
+    occ = [Occurrence("yes", 1.0, 1.5), Occurrence("no", 4.0, 4.5)]
+    words = [{"word": "yes", "keyword": True, "start": 1.0, "end": 1.5},
+             {"word": "no", "keyword": True, "start": 4.0, "end": 4.5},
+             {"word": "cat", "keyword": False, "start": 8.0, "end": 8.4}]
+    dets = [Detection("yes", 1.6, 1.8, 0.9),  # finds the 'yes'
+            Detection("yes", 2.2, 2.3, 0.8),  # the same word again: a false alarm
+            Detection("yes", 4.6, 4.7, 0.7),  # 'no' heard as 'yes'
+            Detection("no", 4.8, 5.0, 0.9),  # finds the 'no'
+            Detection("up", 8.5, 8.6, 0.6),  # 'cat' heard as 'up'
+            Detection("no", 12.0, 12.1, 0.6)]  # in a pause
+    fa = false_alarms(dets, occ)
+    assert [(d.keyword, d.start) for d in fa] == [("yes", 2.2), ("yes", 4.6), ("up", 8.5), ("no", 12.0)]
+    n = score_detections(dets, occ, ["yes", "no", "up"], duration_s=3600.0)["overall"]["false_alarms"]
+    assert len(fa) == n
+    assert false_alarm_sources(fa, words) == {"keyword": 2, "word": 1, "noise": 1}
+    assert false_alarm_sources(fa, words, window_s=0.5) == {"keyword": 1, "word": 1, "noise": 2}
 
 
 def test_plot_det_compares_results_on_one_plot(tmp_path, capsys):

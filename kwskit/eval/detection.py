@@ -34,6 +34,31 @@ from kwskit.stream.detector import Detection, Detector
 TOLERANCE_S = 1.0  # a keyword may be detected up to 1 s after it ends
 
 
+def _match(detections: Sequence[Detection], occurrences: Sequence[Occurrence],
+           tolerance_s: float) -> tuple[dict, dict, dict]:
+    """The rule's matching: ({keyword: its detections by start}, {keyword: matched flags},
+    {keyword: [occurrences, hits]})."""
+    by_kw: dict[str, list[Detection]] = {}
+    for d in sorted(detections, key=lambda d: d.start):
+        by_kw.setdefault(d.keyword, []).append(d)
+    starts = {kw: np.array([d.start for d in ds]) for kw, ds in by_kw.items()}
+    used = {kw: np.zeros(len(v), bool) for kw, v in starts.items()}
+    counts: dict[str, list[int]] = {}
+    for o in sorted(occurrences, key=lambda o: (o.start, o.keyword)):
+        row = counts.setdefault(o.keyword, [0, 0])
+        row[0] += 1
+        st = starts.get(o.keyword)
+        if st is None:
+            continue
+        lo = int(np.searchsorted(st, o.start - 1e-9, side="left"))
+        hi = int(np.searchsorted(st, o.end + tolerance_s + 1e-9, side="right"))
+        free = np.flatnonzero(~used[o.keyword][lo:hi])
+        if len(free):
+            used[o.keyword][lo + free[0]] = True
+            row[1] += 1
+    return by_kw, used, counts
+
+
 def score_detections(detections: Sequence[Detection], occurrences: Sequence[Occurrence],
                      keywords: Sequence[str], duration_s: float,
                      tolerance_s: float = TOLERANCE_S) -> dict:
@@ -50,23 +75,11 @@ def score_detections(detections: Sequence[Detection], occurrences: Sequence[Occu
     if not (math.isfinite(duration_s) and duration_s > 0):
         raise KwsError(f"duration_s: must be a positive number of seconds, got {duration_s}")
     hours = duration_s / 3600.0
+    _, used, counts = _match(detections, occurrences, tolerance_s)
     per = {k: {"occurrences": 0, "hits": 0, "false_alarms": 0} for k in keywords}
-    starts: dict[str, np.ndarray] = {}
-    for kw in {d.keyword for d in detections}:
-        starts[kw] = np.sort([d.start for d in detections if d.keyword == kw])
-    used = {kw: np.zeros(len(v), bool) for kw, v in starts.items()}
-    for o in sorted(occurrences, key=lambda o: (o.start, o.keyword)):
-        row = per.setdefault(o.keyword, {"occurrences": 0, "hits": 0, "false_alarms": 0})
-        row["occurrences"] += 1
-        st = starts.get(o.keyword)
-        if st is None:
-            continue
-        lo = int(np.searchsorted(st, o.start - 1e-9, side="left"))
-        hi = int(np.searchsorted(st, o.end + tolerance_s + 1e-9, side="right"))
-        free = np.flatnonzero(~used[o.keyword][lo:hi])
-        if len(free):
-            used[o.keyword][lo + free[0]] = True
-            row["hits"] += 1
+    for kw, (n, hits) in counts.items():
+        per.setdefault(kw, {"occurrences": 0, "hits": 0, "false_alarms": 0}).update(
+            occurrences=n, hits=hits)
     for kw, u in used.items():
         per.setdefault(kw, {"occurrences": 0, "hits": 0, "false_alarms": 0})
         per[kw]["false_alarms"] += int((~u).sum())
@@ -80,6 +93,31 @@ def score_detections(detections: Sequence[Detection], occurrences: Sequence[Occu
         row["frr"] = row["misses"] / row["occurrences"] if row["occurrences"] else None
         row["fa_per_hour"] = row["false_alarms"] / hours
     return per
+
+
+def false_alarms(detections: Sequence[Detection], occurrences: Sequence[Occurrence],
+                 tolerance_s: float = TOLERANCE_S) -> list[Detection]:
+    """The detections the scoring rule counts as false alarms, by start time."""
+    by_kw, used, _ = _match(detections, occurrences, tolerance_s)
+    return sorted((d for kw, ds in by_kw.items() for d, u in zip(ds, used[kw]) if not u),
+                  key=lambda d: d.start)
+
+
+def false_alarm_sources(alarms: Sequence[Detection], words: Sequence[dict],
+                        window_s: float = 1.0) -> dict:
+    """What each false alarm heard: the words (dicts with ``start``, ``end``, ``keyword``)
+    overlapping the ``window_s`` before its start. Counts of alarms over another keyword
+    ("keyword": a keyword is inside, e.g. "down" taken for "no", or one word detected twice),
+    over non-keyword words only ("word") and over no word ("noise": pauses, loud noise)."""
+    out = {"keyword": 0, "word": 0, "noise": 0}
+    starts = np.array([w["start"] for w in words], np.float64)
+    ends = np.array([w["end"] for w in words], np.float64)
+    is_kw = np.array([bool(w["keyword"]) for w in words])
+    for a in alarms:
+        near = (starts <= a.start) & (ends >= a.start - window_s)
+        kind = ("keyword" if is_kw[near].any() else "word") if near.any() else "noise"
+        out[kind] += 1
+    return out
 
 
 def default_thresholds() -> np.ndarray:
