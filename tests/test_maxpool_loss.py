@@ -77,6 +77,15 @@ def test_bad_loss_settings_name_the_field():
         MaxPoolDetection(["yes", "no"])  # nothing to count as a negative
 
 
+def test_maxpool_refuses_to_hide_behind_another_objective(tmp_path):
+    from kwskit.train.loop import CrossEntropy
+
+    cfg = load_config(None, ["train.loss=maxpool"])
+    with pytest.raises(KwsError, match="train.loss: maxpool cannot be combined"):
+        fit(cfg, tmp_path / "run", objective=CrossEntropy())
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_maxpool_run_trains_and_streams(tiny_data, tmp_path):
     cfg = load_config(None, ["model.name=tcresnet8", "model.args={causal: true}",
                              "data.labels=[yes, no, up, down]", "train.batch_size=16",

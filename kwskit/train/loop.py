@@ -117,6 +117,9 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
     from kwskit.train.data import TrainData
 
     out = Path(out)
+    if objective is not None and cfg.train.loss != "ce":
+        raise KwsError(f"config: train.loss: {cfg.train.loss} cannot be combined with another "
+                       "objective (e.g. distillation's); set train.loss=ce")
     state = None
     if resume:
         ck = out / "checkpoints" / "last.pt"
