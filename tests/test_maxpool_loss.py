@@ -86,6 +86,14 @@ def test_maxpool_refuses_to_hide_behind_another_objective(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_maxpool_needs_a_model_that_streams(tiny_data, tmp_path):
+    cfg = load_config(None, ["model.name=kwt1", "data.labels=[yes, no]", "train.loss=maxpool",
+                             "train.threads=1"])
+    with pytest.raises(KwsError, match="cannot stream"):
+        fit(cfg, tmp_path / "run", data=str(tiny_data), quiet=True, track=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_maxpool_run_trains_and_streams(tiny_data, tmp_path):
     cfg = load_config(None, ["model.name=tcresnet8", "model.args={causal: true}",
                              "data.labels=[yes, no, up, down]", "train.batch_size=16",

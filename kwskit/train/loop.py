@@ -156,6 +156,8 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
     if start is not None and state is None:
         model.load_state_dict(start["model"])
     objective = (objective or default_objective(cfg, labels)).to(device)
+    if hasattr(objective, "check"):  # before anything is written: can it train this model?
+        objective.check(model)
     optimizer = make_optimizer(cfg, model, extra=list(objective.parameters()))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     history, best, start_epoch, mlflow_id = [], None, 0, None

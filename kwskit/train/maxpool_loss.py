@@ -53,6 +53,13 @@ class MaxPoolDetection(torch.nn.Module):
         self.label_smoothing = label_smoothing
         self._window: int | None = None
 
+    def check(self, pipeline) -> None:
+        """KwsError unless ``pipeline`` scores frames as a stream (a streamable model)."""
+        if not getattr(pipeline, "streamable", False):
+            name = getattr(pipeline.backbone, "model_name", type(pipeline.backbone).__name__)
+            raise KwsError(f"config: train.loss: maxpool scores every frame of a stream, and "
+                           f"{name} cannot stream; use train.loss=ce")
+
     def _frames(self, net, num_samples: int | None = None) -> int:
         """Body output frames in ``num_samples`` samples; None: in the pooling window."""
         from kwskit.stream.streaming import window_frames
