@@ -1,7 +1,8 @@
 """Where one training step's time goes, and what the machine gives for more processes.
 
     python benchmarks/train_step_profile.py [--models bcresnet1 bcresnet3] [--threads 2]
-        [--batch 100] [--steps 20] [--out benchmarks/results/train_step_profile.md]
+        [--batch 100] [--steps 20] [--micro 50 20]
+        [--out benchmarks/results/train_step_profile.md]
 
 For each model: forward + cross-entropy + backward + SGD on a fixed synthetic batch of log-mel
 features (the network step ``kwskit train`` runs, without the data path and the front-end),
@@ -14,7 +15,10 @@ features (the network step ``kwskit train`` runs, without the data path and the 
   BatchNorm forward / backward, element-wise, optimiser, other), and the five costliest
   (op, input shape) pairs;
 - the same step in one thread, and two one-thread processes side by side (each its own
-  batch): how far two cores are from twice one, which bounds any data-parallel split.
+  batch): how far two cores are from twice one, which bounds any data-parallel split;
+- the same batch in one thread as micro-batches of ``--micro`` clips with gradient
+  accumulation (the same loss, but BatchNorm's statistics per pass; smaller activations per
+  pass, more passes).
 
 Prints markdown and writes it to ``--out``. Synthetic input, so no data set is needed.
 """
@@ -64,7 +68,9 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def make_step(model_name: str, batch: int):
+def make_step(model_name: str, batch: int, micro: int = 0):
+    """One SGD step on a fixed batch; ``micro`` > 0 runs it as passes of ``micro`` clips
+    whose gradients add up (BatchNorm normalises each pass by its own statistics)."""
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=12).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
@@ -72,7 +78,8 @@ def make_step(model_name: str, batch: int):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        for xs, ys in zip(x.split(micro or batch), y.split(micro or batch)):
+            (F.cross_entropy(model(xs), ys) * (len(ys) / batch)).backward()
         opt.step()
     return step
 
@@ -114,13 +121,16 @@ def child(a) -> None:
     torch.set_num_threads(a.threads)
     if a.keep_memory and not keep_freed_memory():
         raise SystemExit("--keep-memory: this C library has no glibc mallopt")
-    print(json.dumps(time_steps(make_step(a.models[0], a.batch), a.steps)))
+    micro = a.micro[0] if a.micro else 0
+    print(json.dumps(time_steps(make_step(a.models[0], a.batch, micro), a.steps)))
 
 
-def spawn(model: str, threads: int, batch: int, steps: int, keep: bool, n: int = 1) -> list[dict]:
+def spawn(model: str, threads: int, batch: int, steps: int, keep: bool, n: int = 1,
+          micro: int = 0) -> list[dict]:
     """``n`` child processes side by side; their results."""
     cmd = [sys.executable, __file__, "--child", "--models", model, "--threads", str(threads),
-           "--batch", str(batch), "--steps", str(steps)] + (["--keep-memory"] if keep else [])
+           "--batch", str(batch), "--steps", str(steps), "--micro", str(micro)]
+    cmd += ["--keep-memory"] if keep else []
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
 
@@ -141,6 +151,9 @@ def report(model: str, a) -> str:
     pair = spawn(model, 1, a.batch, a.steps, True, n=2)
     worst = max(pair, key=lambda r: r["median_ms"])
     row("two 1-thread processes side by side (slower one; clips/s of both)", worst, 2 * a.batch)
+    for micro in a.micro:
+        row(f"1 thread, micro-batches of {micro} with gradient accumulation",
+            spawn(model, 1, a.batch, a.steps, True, micro=micro)[0], a.batch)
 
     torch.set_num_threads(a.threads)
     groups, top = profile_groups(make_step(model, a.batch))
@@ -160,6 +173,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--micro", type=int, nargs="*", default=[50, 20],
+                    help="micro-batch sizes to time in one thread (gradient accumulation)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step_profile.md"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--keep-memory", action="store_true", help=argparse.SUPPRESS)
