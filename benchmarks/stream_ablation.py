@@ -78,10 +78,11 @@ def keyword_snrs(labels: tuple, data: str, minutes: float, seed: int, loud: floa
 
 def alarm_sources(test, a, det: dict, fa_per_hour: float = 10.0) -> dict:
     """At the one-threshold operating point for ``fa_per_hour``: how many false alarms came
-    over another keyword, over other words only, over no word (noise, pauses)."""
+    over another keyword, over the same keyword again, over other words only, over no word
+    (noise, pauses)."""
     t = frr_at_fa(det["curves"]["overall"], det["thresholds"], fa_per_hour)["threshold"]
     if t is None:
-        return {"keyword": None, "word": None, "noise": None}
+        return {"keyword": None, "repeat": None, "word": None, "noise": None}
     found = Detector(test.labels, threshold=t).detect(test.scores, test.times)
     words = stream_words(tuple(test.labels), a.data, a.minutes, a.seed, a.loud_noise)
     return false_alarm_sources(false_alarms(found, test.occurrences), words)
@@ -147,7 +148,8 @@ def _lost(p: dict) -> str:
 
 
 def _alarms(src: dict) -> str:
-    return " / ".join("-" if src[k] is None else str(src[k]) for k in ("keyword", "word", "noise"))
+    return " / ".join("-" if src[k] is None else str(src[k])
+                      for k in ("keyword", "repeat", "word", "noise"))
 
 
 def table(rows: dict, a) -> str:
@@ -161,7 +163,7 @@ def table(rows: dict, a) -> str:
              "misses (FA/h) | noise RMS 1e-4..0.3 called a keyword (worst level) | keyword peak "
              "score, median (share >= 0.5): words at SNR 10-13 / 17-20 dB | words never at 0.5 "
              "taken for silence / unknown / another keyword | false alarms at 10 FA/h over another "
-             "keyword / other words / no word |",
+             "keyword / the same keyword again / other words / no word |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         m = " / ".join(_pct(r["misses"][f"{g:g}"]["frr"]) for g in TARGETS)

@@ -244,8 +244,9 @@ def test_false_alarms_and_what_they_heard():
     assert [(d.keyword, d.start) for d in fa] == [("yes", 2.2), ("yes", 4.6), ("up", 8.5), ("no", 12.0)]
     n = score_detections(dets, occ, ["yes", "no", "up"], duration_s=3600.0)["overall"]["false_alarms"]
     assert len(fa) == n
-    assert false_alarm_sources(fa, words) == {"keyword": 2, "word": 1, "noise": 1}
-    assert false_alarm_sources(fa, words, window_s=0.5) == {"keyword": 1, "word": 1, "noise": 2}
+    assert false_alarm_sources(fa, words) == {"repeat": 1, "keyword": 1, "word": 1, "noise": 1}
+    assert false_alarm_sources(fa, words, window_s=0.5) == {"repeat": 0, "keyword": 1, "word": 1,
+                                                            "noise": 2}
 
 
 def test_plot_det_compares_results_on_one_plot(tmp_path, capsys):

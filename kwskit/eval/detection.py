@@ -105,18 +105,22 @@ def false_alarms(detections: Sequence[Detection], occurrences: Sequence[Occurren
 
 def false_alarm_sources(alarms: Sequence[Detection], words: Sequence[dict],
                         window_s: float = 1.0) -> dict:
-    """What each false alarm heard: the words (dicts with ``start``, ``end``, ``keyword``)
-    overlapping the ``window_s`` before its start. Counts of alarms over another keyword
-    ("keyword": a keyword is inside, e.g. "down" taken for "no", or one word detected twice),
-    over non-keyword words only ("word") and over no word ("noise": pauses, loud noise)."""
-    out = {"keyword": 0, "word": 0, "noise": 0}
+    """What each false alarm heard: the words (dicts with ``word``, ``start``, ``end``,
+    ``keyword``) overlapping the ``window_s`` before its start. Counts of alarms over the same
+    keyword ("repeat": one word detected twice, the second time outside the scoring rule's
+    window), over another keyword ("keyword": e.g. "down" taken for "no"), over non-keyword
+    words only ("word") and over no word ("noise": pauses, loud noise)."""
+    out = {"repeat": 0, "keyword": 0, "word": 0, "noise": 0}
     starts = np.array([w["start"] for w in words], np.float64)
     ends = np.array([w["end"] for w in words], np.float64)
-    is_kw = np.array([bool(w["keyword"]) for w in words])
     for a in alarms:
-        near = (starts <= a.start) & (ends >= a.start - window_s)
-        kind = ("keyword" if is_kw[near].any() else "word") if near.any() else "noise"
-        out[kind] += 1
+        near = [w for w, s, e in zip(words, starts, ends) if s <= a.start and e >= a.start - window_s]
+        if any(w["keyword"] and w["word"] == a.keyword for w in near):
+            out["repeat"] += 1
+        elif near:
+            out["keyword" if any(w["keyword"] for w in near) else "word"] += 1
+        else:
+            out["noise"] += 1
     return out
 
 
