@@ -2,17 +2,23 @@
 
     python benchmarks/stream_ablation.py "TF silence=runs/a" "SNR noise + mining=runs/b" ...
         [--data ../shared/data/gsc-dev] [--minutes 60] [--loud-noise 0.3] [--readme MARKER]
+        [--add]
 
 Every run is scored on the same seeded stream of gsc-dev's validation speakers (eval-stream's
 builder: SNR 10-20 dB, other words between keywords, ``--loud-noise`` of the pauses loud) and,
 for per-keyword thresholds, on a second stream (another seed, ``--calib-minutes``): thresholds
 are fitted there for 1 FA/h (``kwskit calibrate``'s rule) and measured on the first stream.
 Both streams come from the same validation speakers (gsc-dev has no test speakers), so the
-calibrated column is optimistic about speakers, not about the stream itself.
+calibrated column is optimistic about speakers, not about the stream itself. A third stream,
+keyword-free (the same speakers' other words, noise and loud pauses), counts false alarms the
+way wake-word benchmarks do: misses on the keyword stream at the threshold where the
+keyword-free audio fires at most 0.5 / 1 / 10 times an hour. A run may be ``pretrained:NAME``.
 
-Writes benchmarks/results/stream_ablation.md (table), .json (numbers) and .png (overall DET
-curves of every run on one plot). Scores are cached per run (RUN/ablation-scores/), so adding
-a run re-scores only that one. One torch thread.
+Writes benchmarks/results/stream_ablation.md (table), .json (numbers and each run's overall DET
+curve) and .png (overall DET curves of every run on one plot). Scores are cached per run
+(RUN/ablation-scores/), so adding a run re-scores only that one. ``--add`` keeps the rows
+already in the results file (their run folders may be gone) and adds or replaces the named
+ones. One torch thread.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from kwskit import pretrained  # noqa: E402
 from kwskit.data.speech_commands import keyword_labels  # noqa: E402
-from kwskit.data.streams import build_test_stream  # noqa: E402
+from kwskit.data.streams import KEYWORD_SHARE, build_test_stream  # noqa: E402
 from kwskit.eval.detection import (false_alarm_sources, false_alarms,  # noqa: E402
                                    fit_thresholds, frr_at_fa, keyword_peaks, keyword_rivals,
                                    score_detections, sweep)
@@ -44,18 +51,21 @@ from kwskit.stream.evalstream import score_stream  # noqa: E402
 from noise_levels import LEVELS, noise_windows, recall_by_level  # noqa: E402
 
 TARGETS = (0.5, 1.0, 5.0, 10.0)
+NEG_TARGETS = (0.5, 1.0, 10.0)
 SPLIT, SNR_DB = "validation", (10.0, 20.0)  # the streams' speakers and word SNRs
 SNR_BANDS = ((10.0, 13.4), (16.6, 20.0))  # the stream's quietest and loudest thirds of words
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def scored(run: str, data: str, minutes: float, seed: int, loud: float):
+def scored(run: str, data: str, minutes: float, seed: int, loud: float, keyword_free: bool = False):
     """score_stream's result for ``run`` (cached in RUN/ablation-scores/)."""
-    key = hashlib.sha1(json.dumps([str(Path(data).resolve()), minutes, seed, loud]).encode()).hexdigest()[:10]
+    what = [str(Path(data).resolve()), minutes, seed, loud] + (["keyword-free"] if keyword_free else [])
+    key = hashlib.sha1(json.dumps(what).encode()).hexdigest()[:10]
     cache = Path(run) / "ablation-scores" / f"{key}.pkl"
     if cache.exists():
         return pickle.loads(cache.read_bytes())
-    s = score_stream(run, data, SPLIT, minutes, SNR_DB, seed, loud_noise=loud)
+    s = score_stream(run, data, SPLIT, minutes, SNR_DB, seed, loud_noise=loud,
+                     keyword_share=0.0 if keyword_free else KEYWORD_SHARE)
     s.audio = None  # the scores are what is kept
     cache.parent.mkdir(exist_ok=True)
     cache.write_bytes(pickle.dumps(s))
@@ -117,6 +127,20 @@ def calibrated(test, calib) -> dict:
             "fitted_on_calibration_stream": fit["result"]["overall"]}
 
 
+def misses_counting_keyword_free_alarms(test_det: dict, run: str, a) -> dict:
+    """Misses on the keyword stream at the thresholds where a keyword-free stream of the same
+    speakers (other words, noise, loud pauses; ``--minutes`` long, its own seed) raises at most
+    0.5 / 1 / 10 false alarms an hour: how wake-word benchmarks count (false rejects on
+    positive audio, false alarms on negative audio), so a keyword taken for another keyword is
+    a miss here but never a false alarm."""
+    neg = scored(run, a.data, a.minutes, a.seed + 1000, a.loud_noise, keyword_free=True)
+    neg_det = sweep(neg.scores, neg.times, neg.labels, neg.occurrences, neg.duration_s)
+    assert neg_det["thresholds"] == test_det["thresholds"]  # the same grid: curves align
+    curve = {"frr": test_det["curves"]["overall"]["frr"],
+             "fa_per_hour": neg_det["curves"]["overall"]["fa_per_hour"]}
+    return {f"{g:g}": frr_at_fa(curve, test_det["thresholds"], g) for g in NEG_TARGETS}
+
+
 def measure(run: str, a, windows) -> dict:
     test = scored(run, a.data, a.minutes, a.seed, a.loud_noise)
     calib = scored(run, a.data, a.calib_minutes, a.calib_seed, a.loud_noise)
@@ -124,9 +148,12 @@ def measure(run: str, a, windows) -> dict:
     metrics = json.loads((Path(run) / "metrics.json").read_text())
     noise = recall_by_level(run, windows)
     return {"run": run, "val_acc": metrics["best"]["val_acc"], "det": det,
+            "occurrences": det["occurrences"]["overall"],
+            "det_overall": {k: det["curves"]["overall"][k] for k in ("frr", "fa_per_hour")},
             "misses": {f"{g:g}": frr_at_fa(det["curves"]["overall"], det["thresholds"], g)
                        for g in TARGETS},
             "calibrated_1": calibrated(test, calib),
+            "misses_keyword_free_fa": misses_counting_keyword_free_alarms(det, run, a),
             "peaks": peaks_by_snr(test, a),
             "alarms_at_10": alarm_sources(test, a, det),
             "noise_called_keyword_max": max(v["keyword"] for v in noise.values()),
@@ -152,25 +179,34 @@ def _alarms(src: dict) -> str:
                       for k in ("keyword", "repeat", "word", "noise"))
 
 
+def _keyword_free(r: dict) -> str:
+    m = r.get("misses_keyword_free_fa")  # rows kept from files written before the column
+    return "-" if m is None else " / ".join(_pct(m[f"{g:g}"]["frr"]) for g in NEG_TARGETS)
+
+
 def table(rows: dict, a) -> str:
-    occ = next(iter(rows.values()))["det"]["occurrences"]["overall"]
+    occ = next(v["occurrences"] for v in rows.values() if "occurrences" in v)  # old rows: none
     lines = [f"Validation-speaker stream: {a.minutes:g} min, {occ} keywords, SNR 10-20 dB, "
              f"{a.loud_noise:g} of the pauses loud (seed {a.seed}); per-keyword thresholds fitted "
              f"on a {a.calib_minutes:g}-min stream (seed {a.calib_seed}). Misses = false rejects "
-             f"of keyword occurrences; one threshold for all keywords unless said.",
+             f"of keyword occurrences; one threshold for all keywords unless said. The last "
+             f"column counts false alarms on a {a.minutes:g}-min keyword-free stream of the same "
+             f"speakers instead (seed {a.seed + 1000}), as wake-word benchmarks do.",
              "",
              "| run | val acc | misses at 0.5 / 1 / 5 / 10 FA/h | per-keyword thresholds for 1 FA/h: "
              "misses (FA/h) | noise RMS 1e-4..0.3 called a keyword (worst level) | keyword peak "
              "score, median (share >= 0.5): words at SNR 10-13 / 17-20 dB | words never at 0.5 "
              "taken for silence / unknown / another keyword | false alarms at 10 FA/h over another "
-             "keyword / the same keyword again / other words / no word |",
-             "|---|---|---|---|---|---|---|---|"]
+             "keyword / the same keyword again / other words / no word | misses at 0.5 / 1 / 10 "
+             "FA/h counted on keyword-free audio |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         m = " / ".join(_pct(r["misses"][f"{g:g}"]["frr"]) for g in TARGETS)
         c = r["calibrated_1"]
         lines.append(f"| {name} | {100 * r['val_acc']:.2f}% | {m} | {_pct(c['frr'])} "
                      f"({c['fa_per_hour']:.1f}) | {_pct(r['noise_called_keyword_max'])} | "
-                     f"{_peaks(r['peaks'])} | {_lost(r['peaks'])} | {_alarms(r['alarms_at_10'])} |")
+                     f"{_peaks(r['peaks'])} | {_lost(r['peaks'])} | {_alarms(r['alarms_at_10'])} | "
+                     f"{_keyword_free(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -184,13 +220,17 @@ def main() -> int:
     ap.add_argument("--calib-seed", type=int, default=11)
     ap.add_argument("--loud-noise", type=float, default=0.3)
     ap.add_argument("--name", default="stream_ablation", help="results file stem")
+    ap.add_argument("--add", action="store_true",
+                    help="keep the rows of the existing results file; score only the runs named")
     ap.add_argument("--readme", metavar="MARKER",
                     help="also put the table between <!-- MARKER:start/end --> in README.md")
     a = ap.parse_args()
     torch.set_num_threads(1)
     pairs = [r.split("=", 1) if "=" in r else (Path(r).name, r) for r in a.runs]
+    pairs = [(name, str(pretrained.resolve(run)) if pretrained.is_reference(run) else run)
+             for name, run in pairs]
     windows = noise_windows(a.data)
-    rows = {}
+    rows = previous_rows(RESULTS / f"{a.name}.json", a) if a.add else {}
     for name, run in pairs:
         print(f"{name}: {run}", file=sys.stderr)
         rows[name] = measure(run, a, windows)
@@ -201,13 +241,34 @@ def main() -> int:
                                         f"<!-- {a.readme}:end -->", md.rstrip("\n")):
         print(f"README.md: no <!-- {a.readme}:start/end --> markers; table not written",
               file=sys.stderr)
-    write_json(RESULTS / f"{a.name}.json", {"settings": vars(a) | {"data": os.path.relpath(a.data, ROOT)}, "noise_levels": list(LEVELS),
+    settings = vars(a) | {"data": os.path.relpath(a.data, ROOT),
+                          "runs": [f"{k}={v['run']}" for k, v in rows.items()]}
+    write_json(RESULTS / f"{a.name}.json", {"settings": settings, "noise_levels": list(LEVELS),
                                             "rows": {k: {kk: vv for kk, vv in v.items() if kk != "det"}
                                                      for k, v in rows.items()}})
-    plot_det_compare({k: v["det"] for k, v in rows.items()}, RESULTS / f"{a.name}.png",
+    missing = [k for k, v in rows.items() if "det_overall" not in v]
+    if missing:  # rows kept from a results file written before the curves were stored
+        print(f"plot not rewritten: no DET curve stored for {', '.join(missing)}", file=sys.stderr)
+        return 0
+    curves = {k: {"curves": {"overall": v["det_overall"]}, "occurrences": {"overall": v["occurrences"]},
+                  "duration_s": 60.0 * a.minutes} for k, v in rows.items()}
+    plot_det_compare(curves, RESULTS / f"{a.name}.png",
                      title=f"Streaming DET, gsc-dev validation speakers, {a.minutes:g} min, loud pauses")
     print(f"plot: {RESULTS / (a.name + '.png')}", file=sys.stderr)
     return 0
+
+
+def previous_rows(path: Path, a) -> dict:
+    """The rows of an earlier results file, when it was made on the same streams."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    same = ("minutes", "seed", "calib_minutes", "calib_seed", "loud_noise")
+    changed = [k for k in same if old["settings"].get(k) != getattr(a, k)]
+    if changed:
+        raise SystemExit(f"{path}: made with other stream settings ({', '.join(changed)}); "
+                         "drop --add to score every run again")
+    return old["rows"]
 
 
 if __name__ == "__main__":

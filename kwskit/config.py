@@ -34,6 +34,10 @@ class DataConfig:
     labels: str | list = "mini10"
     silence_share: float = 1.0  # silence clips per split, in units of one keyword's clip count
     unknown_share: float = 1.0  # the same for _unknown_
+    # training's _unknown_ share when set (None: unknown_share), so that training can use more
+    # of the other words (gsc-dev has ~3 x one keyword's count) while validation stays the
+    # recipe's
+    train_unknown_share: float | None = None
     sample_rate: int = 16000
     clip_samples: int = 16000
     min_clip_fraction: float = 0.1  # clips shorter than this x clip_samples are skipped
@@ -82,6 +86,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     loss: str = "ce"  # ce | maxpool (kwskit.train.maxpool_loss: max-pooled detection loss)
     loss_context_s: float = 0.5  # maxpool: seconds of another clip in front of each clip
+    loss_clip: str = "context"  # maxpool: clip cross-entropy on the clip in its context | bare
 
 
 @dataclass
@@ -204,6 +209,7 @@ def _check_values(cfg: ExperimentConfig) -> None:
         ("train.grad_clip", cfg.train.grad_clip >= 0, "must be >= 0"),
         ("train.loss", cfg.train.loss in ("ce", "maxpool"), "must be ce or maxpool"),
         ("train.loss_context_s", 0.0 < cfg.train.loss_context_s <= 2.0, "must be in (0, 2] seconds"),
+        ("train.loss_clip", cfg.train.loss_clip in ("context", "bare"), "must be context or bare"),
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
         ("optim.name", cfg.optim.name in ("adam", "adamw", "sgd"), "must be adam, adamw or sgd"),
         ("schedule.name", cfg.schedule.name in ("constant", "step", "cosine"),
@@ -211,6 +217,8 @@ def _check_values(cfg: ExperimentConfig) -> None:
         ("schedule.warmup_epochs", cfg.schedule.warmup_epochs >= 0, "must be >= 0"),
         ("data.silence_share", cfg.data.silence_share >= 0, "must be >= 0"),
         ("data.unknown_share", cfg.data.unknown_share >= 0, "must be >= 0"),
+        ("data.train_unknown_share", cfg.data.train_unknown_share is None
+         or cfg.data.train_unknown_share >= 0, "must be >= 0 (or null: data.unknown_share)"),
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
         ("data.min_clip_fraction", 0.0 <= cfg.data.min_clip_fraction < 1.0, "must be in [0, 1)"),
         ("data.unknown_extra_share", cfg.data.unknown_extra_share >= 0, "must be >= 0"),

@@ -68,11 +68,48 @@ def test_loss_trains_the_best_keyword_frame_and_the_worst_negative_frame():
     assert touched == [[5, 7], [2, 7]]  # the max-pooled frame and the last (clip) frame
 
 
+class FramesAndClips(FixedFrames):
+    """FixedFrames that also answers a bare clip pass (no frames_window) with its own logits."""
+
+    def __init__(self, frames: torch.Tensor, clip_logits: torch.Tensor):
+        super().__init__(frames)
+        self.clip_logits = torch.nn.Parameter(clip_logits)
+        self.bare = None
+
+    def forward(self, wave, frames_window=None):
+        if frames_window is None:
+            self.bare = wave
+            return self.clip_logits
+        return super().forward(wave, frames_window)
+
+
+def test_bare_clip_term_trains_the_clip_without_its_context():
+    frames = torch.zeros(2, 4, 8)
+    frames[0, 0, 5] = 4.0
+    frames[1, 1, 2] = 6.0
+    net = FramesAndClips(frames, torch.zeros(2, 4))
+    obj = _objective(first=3)
+    obj.clip = "bare"
+    wave = torch.randn(2, 16000)
+    loss, logits = obj(net, wave, torch.tensor([0, 3]))
+    assert torch.equal(net.bare, wave) and net.seen.shape == (2, 20000)
+    assert torch.equal(logits, net.clip_logits)  # accuracy counts the bare clips
+    loss.backward()
+    touched = [torch.nonzero(net.frames.grad[i].abs().sum(0))[:, 0].tolist() for i in range(2)]
+    assert touched == [[5], [2]]  # only the max-pooled frames: the clip term is the bare pass
+    assert net.clip_logits.grad.abs().sum() > 0
+    assert obj.describe()["loss_clip"] == "bare"
+
+
 def test_bad_loss_settings_name_the_field():
     with pytest.raises(KwsError, match="train.loss"):
         load_config(None, ["train.loss=max"])
     with pytest.raises(KwsError, match="train.loss_context_s"):
         load_config(None, ["train.loss_context_s=0"])
+    with pytest.raises(KwsError, match="train.loss_clip"):
+        load_config(None, ["train.loss_clip=both"])
+    with pytest.raises(KwsError, match="train.loss_clip"):
+        MaxPoolDetection(LABELS, clip="both")
     with pytest.raises(KwsError, match="train.loss"):
         MaxPoolDetection(["yes", "no"])  # nothing to count as a negative
 

@@ -259,6 +259,28 @@ def test_loud_noise_is_silence_when_training_covers_loud_rooms(tiny_data, tmp_pa
         assert int((pred == silence).sum()) >= 9, (rms, [labels[i] for i in pred])
 
 
+def test_train_unknown_share_widens_training_only(tiny_data):
+    """data.train_unknown_share draws more of the other words as training _unknown_ examples;
+    validation keeps data.unknown_share's."""
+    from kwskit.errors import KwsError
+    from kwskit.train.data import TrainData
+
+    def unknowns(split):
+        unk = split.labels.index("_unknown_")
+        return [e.path for e in split.examples if e.label == unk]
+
+    base = TrainData(tiny_cfg(1, "data.labels=[yes, no]", "data.unknown_share=0.5"),
+                     str(tiny_data), quiet=True)
+    wide = TrainData(tiny_cfg(1, "data.labels=[yes, no]", "data.unknown_share=0.5",
+                              "data.train_unknown_share=2.0"), str(tiny_data), quiet=True)
+    n_kw = sum(1 for e in base.train.examples if e.source == "clip") / 2
+    assert len(unknowns(base.train)) == round(0.5 * n_kw)
+    assert len(unknowns(wide.train)) == round(2.0 * n_kw) > len(unknowns(base.train))
+    assert [e.path for e in wide.val.examples] == [e.path for e in base.val.examples]
+    with pytest.raises(KwsError, match="data.train_unknown_share"):
+        tiny_cfg(1, "data.train_unknown_share=-1")
+
+
 def test_unknown_holdout_and_extra_unknown_words(tiny_data, tmp_path):
     """Held-out words never become _unknown_; another data set's words add _unknown_ training
     examples (never keywords, never held-out words), and validation stays as it was."""

@@ -47,10 +47,11 @@ def score_stream(run: str | os.PathLike, data: str | os.PathLike | None = None,
                  stream: str | os.PathLike | None = None,
                  labels_file: str | os.PathLike | None = None, which: str = "best",
                  window_s: float = 1.0, progress: bool = True,
-                 loud_noise: float = 0.0) -> ScoredStream:
+                 loud_noise: float = 0.0, keyword_share: float = KEYWORD_SHARE) -> ScoredStream:
     """Build a seeded test stream from ``data``'s ``split`` (default: the data the run was
     trained on) or read a recording and its keyword-times file, and run the model over it
-    once (Streamer, one thread, flushed at the end)."""
+    once (Streamer, one thread, flushed at the end). ``keyword_share`` 0 builds keyword-free
+    audio: every detection on it is a false alarm."""
     import torch
 
     from kwskit.models.io import load_model
@@ -78,7 +79,7 @@ def score_stream(run: str | os.PathLike, data: str | os.PathLike | None = None,
     try:
         if stream is None:
             ts = build_test_stream(data, labels, split, minutes, snr_db, seed, progress=progress,
-                                   loud_noise=loud_noise)
+                                   loud_noise=loud_noise, keyword_share=keyword_share)
             occurrences = ts.occurrences
             scored = run_stream(streamer, array_blocks(ts.audio, streamer.sample_rate),
                                 keep_scores=True, source="test stream",
@@ -86,7 +87,7 @@ def score_stream(run: str | os.PathLike, data: str | os.PathLike | None = None,
             source = {"kind": "generated", "data": str(data), "split": split, "minutes": minutes,
                       "snr_db": list(snr_db) if isinstance(snr_db, (list, tuple)) else [snr_db],
                       "seed": seed, "noise": ts.noise, "words": len(ts.words),
-                      "keyword_share": KEYWORD_SHARE, "gap_s": list(GAP_S),
+                      "keyword_share": keyword_share, "gap_s": list(GAP_S),
                       "loud_noise": loud_noise}
         else:
             occurrences = read_labels_file(labels_file, labels)

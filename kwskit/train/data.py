@@ -70,7 +70,9 @@ class TrainData:
                       sample_rate=d.sample_rate, clip_samples=d.clip_samples, cache_dir=d.cache_dir,
                       min_clip_fraction=d.min_clip_fraction, unknown_holdout=d.unknown_holdout)
         # other data sets' words widen _unknown_ in training only: validation stays comparable
-        self.train = prepare_split(index, self.labels, "training", **common,
+        train_common = common | ({} if d.train_unknown_share is None
+                                 else {"unknown_share": d.train_unknown_share})
+        self.train = prepare_split(index, self.labels, "training", **train_common,
                                    unknown_extra=d.unknown_extra,
                                    unknown_extra_share=d.unknown_extra_share)
         self.val = prepare_split(index, self.labels, "validation", **common)

@@ -100,7 +100,8 @@ def default_objective(cfg: ExperimentConfig, labels: list[str]) -> torch.nn.Modu
     if cfg.train.loss == "maxpool":
         from kwskit.train.maxpool_loss import MaxPoolDetection
 
-        return MaxPoolDetection(labels, cfg.train.loss_context_s, cfg.train.label_smoothing)
+        return MaxPoolDetection(labels, cfg.train.loss_context_s, cfg.train.label_smoothing,
+                                clip=cfg.train.loss_clip)
     return CrossEntropy(cfg.train.label_smoothing)
 
 

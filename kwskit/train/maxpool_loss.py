@@ -15,11 +15,13 @@ ICASSP) trains those two frames instead:
   inside the clip, where that keyword's posterior is highest;
 - a silence / unknown clip: the whole segment holds no keyword, so at the frame where any
   keyword's posterior is highest, -log of the non-keyword probability mass;
-- plus the ordinary clip cross-entropy (with label smoothing) on the segment's last frame,
-  which is the clip in its context and what the training accuracy counts.
+- plus the ordinary clip cross-entropy (with label smoothing), ``clip="context"``: on the
+  segment's last frame, the clip in its context; ``clip="bare"``: on the bare clip, a second
+  forward pass, as a clip-trained model sees it (and validation scores it). The training
+  accuracy counts the clip term's logits.
 
 The loss is the clip term plus the max-pooled term, weight 1 each. A step costs about
-(1 + context_s) times a clip step.
+(1 + context_s) times a clip step, and one clip step more with ``clip="bare"``.
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ class MaxPoolDetection(torch.nn.Module):
     seam); ``net`` is a KwsPipeline (or its DistributedDataParallel wrapper)."""
 
     def __init__(self, labels: list[str], context_s: float = 0.5, label_smoothing: float = 0.0,
-                 window_s: float = 1.0):
+                 window_s: float = 1.0, clip: str = "context"):
         super().__init__()
         if not 0.0 < context_s <= 2.0:
             raise KwsError(f"config: train.loss_context_s: must be in (0, 2] seconds, got {context_s!r}")
+        if clip not in ("context", "bare"):
+            raise KwsError(f"config: train.loss_clip: must be context or bare, got {clip!r}")
+        self.clip = clip
         keywords = set(keyword_labels(labels))
         if not keywords or len(keywords) == len(labels):
             raise KwsError("config: train.loss: maxpool needs keywords and _silence_ / _unknown_ "
@@ -88,7 +93,9 @@ class MaxPoolDetection(torch.nn.Module):
     def forward(self, net, wave, target):
         segment = torch.cat([self.contexts(wave, target), wave], dim=1)
         frames = net(segment, frames_window=self._frames(net)).float()  # (B, classes, T')
-        logits = frames[..., -1]
+        # why a bare pass: with context only, validation's bare clips (whose first frames see
+        # the causal padding, not a word's tail) become out of distribution
+        logits = net(wave).float() if self.clip == "bare" else frames[..., -1]
         clip_loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
         # frames whose window ends inside the clip (not in the context in front of it)
@@ -112,4 +119,5 @@ class MaxPoolDetection(torch.nn.Module):
         return clip_loss + detection_loss, logits
 
     def describe(self) -> dict:
-        return {"loss": "maxpool", "loss_context_s": self.context / SAMPLE_RATE}
+        return {"loss": "maxpool", "loss_context_s": self.context / SAMPLE_RATE,
+                "loss_clip": self.clip}
