@@ -138,7 +138,8 @@ def misses_counting_keyword_free_alarms(test_det: dict, run: str, a) -> dict:
     assert neg_det["thresholds"] == test_det["thresholds"]  # the same grid: curves align
     curve = {"frr": test_det["curves"]["overall"]["frr"],
              "fa_per_hour": neg_det["curves"]["overall"]["fa_per_hour"]}
-    return {f"{g:g}": frr_at_fa(curve, test_det["thresholds"], g) for g in NEG_TARGETS}
+    return {"curve": curve} | {f"{g:g}": frr_at_fa(curve, test_det["thresholds"], g)
+                               for g in NEG_TARGETS}
 
 
 def measure(run: str, a, windows) -> dict:
@@ -180,7 +181,7 @@ def _alarms(src: dict) -> str:
 
 
 def _keyword_free(r: dict) -> str:
-    m = r.get("misses_keyword_free_fa")  # rows kept from files written before the column
+    m = r.get("misses_keyword_free_fa")  # None: a row kept from before the column
     return "-" if m is None else " / ".join(_pct(m[f"{g:g}"]["frr"]) for g in NEG_TARGETS)
 
 
@@ -246,16 +247,28 @@ def main() -> int:
     write_json(RESULTS / f"{a.name}.json", {"settings": settings, "noise_levels": list(LEVELS),
                                             "rows": {k: {kk: vv for kk, vv in v.items() if kk != "det"}
                                                      for k, v in rows.items()}})
+    keyword_free = {k: v["misses_keyword_free_fa"]["curve"] for k, v in rows.items()
+                    if "misses_keyword_free_fa" in v}
+    plot(keyword_free, rows, RESULTS / f"{a.name}_keyword_free.png",
+         f"Misses on the stream against false alarms on {a.minutes:g} min of keyword-free audio")
     missing = [k for k, v in rows.items() if "det_overall" not in v]
     if missing:  # rows kept from a results file written before the curves were stored
-        print(f"plot not rewritten: no DET curve stored for {', '.join(missing)}", file=sys.stderr)
+        print(f"{a.name}.png not rewritten: no DET curve stored for {', '.join(missing)}",
+              file=sys.stderr)
         return 0
-    curves = {k: {"curves": {"overall": v["det_overall"]}, "occurrences": {"overall": v["occurrences"]},
-                  "duration_s": 60.0 * a.minutes} for k, v in rows.items()}
-    plot_det_compare(curves, RESULTS / f"{a.name}.png",
-                     title=f"Streaming DET, gsc-dev validation speakers, {a.minutes:g} min, loud pauses")
-    print(f"plot: {RESULTS / (a.name + '.png')}", file=sys.stderr)
+    plot({k: v["det_overall"] for k, v in rows.items()}, rows, RESULTS / f"{a.name}.png",
+         f"Streaming DET, gsc-dev validation speakers, {a.minutes:g} min, loud pauses")
     return 0
+
+
+def plot(curves: dict, rows: dict, path: Path, title: str) -> None:
+    """``plot_det_compare`` of stored overall curves ({frr, fa_per_hour} per row)."""
+    if not curves:
+        return
+    results = {k: {"curves": {"overall": c}, "occurrences": {"overall": rows[k]["occurrences"]},
+                   "duration_s": 0.0} for k, c in curves.items()}
+    plot_det_compare(results, path, title=title)
+    print(f"plot: {path}", file=sys.stderr)
 
 
 def previous_rows(path: Path, a) -> dict:
