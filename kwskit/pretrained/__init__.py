@@ -40,6 +40,7 @@ CARD_FIELDS = (
     ("license", "data licence"), ("recipe", "recipe"), ("epochs", "epochs"),
     ("val_acc", "validation accuracy"), ("stream_misses_at_1fa", "stream misses at 1 FA/h"),
     ("stream_misses_at_10fa", "stream misses at 10 FA/h"),
+    ("stream_misses_at_1fa_keyword_free", "misses at 1 keyword-free FA/h"),
     ("params", "params"), ("macs", "MACs per 1-s clip"), ("bytes", "file bytes"),
     ("delay_ms", "streaming delay (ms)"), ("causal", "causal"), ("notes", "notes"),
 )
@@ -130,7 +131,7 @@ def format_card(name: str) -> str:
             value = f"{100 * value:.2f}%"
         elif key in ("params", "macs", "bytes"):
             value = f"{value:,}"
-        lines.append(f"  {caption + ':':28s} {value}")
+        lines.append(f"  {caption + ':':31s} {value}")
     return "\n".join(lines)
 
 
