@@ -228,13 +228,12 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(1)
     pairs = [r.split("=", 1) if "=" in r else (Path(r).name, r) for r in a.runs]
-    pairs = [(name, str(pretrained.resolve(run)) if pretrained.is_reference(run) else run)
-             for name, run in pairs]
     windows = noise_windows(a.data)
     rows = previous_rows(RESULTS / f"{a.name}.json", a) if a.add else {}
     for name, run in pairs:
         print(f"{name}: {run}", file=sys.stderr)
-        rows[name] = measure(run, a, windows)
+        path = str(pretrained.resolve(run)) if pretrained.is_reference(run) else run
+        rows[name] = measure(path, a, windows) | {"run": run}  # the name given, not the cache
     md = table(rows, a)
     print(md)
     write_text(RESULTS / f"{a.name}.md", md)
