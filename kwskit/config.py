@@ -35,7 +35,7 @@ class DataConfig:
     silence_share: float = 1.0  # silence clips per split, in units of one keyword's clip count
     unknown_share: float = 1.0  # the same for _unknown_
     # training's _unknown_ share when set (None: unknown_share), so that training can use more
-    # of the other words (gsc-dev has ~3 x one keyword's count) while validation stays the
+    # of the other words (gsc-dev has ~2.6 x one keyword's count) while validation stays the
     # recipe's
     train_unknown_share: float | None = None
     sample_rate: int = 16000
