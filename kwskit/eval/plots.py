@@ -213,7 +213,8 @@ def plot_det_compare(results: dict, path: str | os.PathLike, title: str | None =
     stream): ``results`` maps a name to a ``sweep`` result; the ``marks`` FA/h are dotted."""
     if not results:
         raise KwsError("plot det: no results to plot")
-    many = len(results) > 6  # then the legend would cover the curves: it goes beside them
+    # many or long names: a legend inside would cover the curves, so it goes beside them
+    many = len(results) > 6 or max(len(str(k)) for k in results) > 45
     fig = Figure(figsize=(11.5 if many else 7.5, 5.4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
