@@ -127,13 +127,14 @@ def calibrated(test, calib) -> dict:
             "fitted_on_calibration_stream": fit["result"]["overall"]}
 
 
-def misses_counting_keyword_free_alarms(test_det: dict, run: str, a) -> dict:
+def misses_counting_keyword_free_alarms(test_det: dict, run: str, data: str, minutes: float,
+                                        seed: int, loud: float) -> dict:
     """Misses on the keyword stream at the thresholds where a keyword-free stream of the same
-    speakers (other words, noise, loud pauses; ``--minutes`` long, its own seed) raises at most
-    0.5 / 1 / 10 false alarms an hour: how wake-word benchmarks count (false rejects on
+    speakers (other words, noise, loud pauses; ``minutes`` long, seeded ``seed`` + 1000) raises
+    at most 0.5 / 1 / 10 false alarms an hour: how wake-word benchmarks count (false rejects on
     positive audio, false alarms on negative audio), so a keyword taken for another keyword is
     a miss here but never a false alarm."""
-    neg = scored(run, a.data, a.minutes, a.seed + 1000, a.loud_noise, keyword_free=True)
+    neg = scored(run, data, minutes, seed + 1000, loud, keyword_free=True)
     neg_det = sweep(neg.scores, neg.times, neg.labels, neg.occurrences, neg.duration_s)
     assert neg_det["thresholds"] == test_det["thresholds"]  # the same grid: curves align
     curve = {"frr": test_det["curves"]["overall"]["frr"],
@@ -154,7 +155,8 @@ def measure(run: str, a, windows) -> dict:
             "misses": {f"{g:g}": frr_at_fa(det["curves"]["overall"], det["thresholds"], g)
                        for g in TARGETS},
             "calibrated_1": calibrated(test, calib),
-            "misses_keyword_free_fa": misses_counting_keyword_free_alarms(det, run, a),
+            "misses_keyword_free_fa": misses_counting_keyword_free_alarms(
+                det, run, a.data, a.minutes, a.seed, a.loud_noise),
             "peaks": peaks_by_snr(test, a),
             "alarms_at_10": alarm_sources(test, a, det),
             "noise_called_keyword_max": max(v["keyword"] for v in noise.values()),
