@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stream_ablation import RESULTS, ROOT, TARGETS, scored  # noqa: E402
+from stream_ablation import (RESULTS, TARGETS, add_stream_args, pct,  # noqa: E402
+                             misses_counting_keyword_free_alarms, named_runs, scored)
 
-from kwskit import pretrained  # noqa: E402
 from kwskit.eval.detection import frr_at_fa, sweep  # noqa: E402
 from kwskit.fsutil import write_text  # noqa: E402
 
@@ -34,31 +34,23 @@ def misses(run: str, a, smoothing_s: float, min_duration_s: float) -> list[float
     audio, for one detector setting."""
     kw = dict(smoothing_s=smoothing_s, min_duration_s=min_duration_s)
     test = scored(run, a.data, a.minutes, a.seed, a.loud_noise)
-    free = scored(run, a.data, a.minutes, a.seed + 1000, a.loud_noise, keyword_free=True)
     det = sweep(test.scores, test.times, test.labels, test.occurrences, test.duration_s, **kw)
-    neg = sweep(free.scores, free.times, free.labels, free.occurrences, free.duration_s, **kw)
-    mixed = det["curves"]["overall"]
-    counted_free = {"frr": mixed["frr"], "fa_per_hour": neg["curves"]["overall"]["fa_per_hour"]}
-    return ([frr_at_fa(mixed, det["thresholds"], g)["frr"] for g in TARGETS]
-            + [frr_at_fa(counted_free, det["thresholds"], g)["frr"] for g in (1.0, 10.0)])
+    free = misses_counting_keyword_free_alarms(det, run, a.data, a.minutes, a.seed,
+                                               a.loud_noise, **kw)
+    return ([frr_at_fa(det["curves"]["overall"], det["thresholds"], g)["frr"] for g in TARGETS]
+            + [free[g]["frr"] for g in ("1", "10")])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="NAME=RUN pairs (or bare run folders)")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gsc-dev"))
-    ap.add_argument("--minutes", type=float, default=60.0)
-    ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--loud-noise", type=float, default=0.3)
+    add_stream_args(ap)
     ap.add_argument("--smoothing", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
     ap.add_argument("--min-duration", type=float, nargs="+", default=[0.0, 0.1, 0.2])
     a = ap.parse_args()
     torch.set_num_threads(1)
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     lines = ["| run | smoothing (s) | min. duration (s) | misses at 0.5 / 1 / 5 / 10 FA/h "
              "| misses at 1 / 10 FA/h counted on keyword-free audio |", "|---|---|---|---|---|"]
-    for name, run in (r.split("=", 1) if "=" in r else (Path(r).name, r) for r in a.runs):
-        path = str(pretrained.resolve(run)) if pretrained.is_reference(run) else run
+    for name, _, path in named_runs(a.runs):
         for sm, md in itertools.product(a.smoothing, a.min_duration):
             m = misses(path, a, sm, md)
             lines.append(f"| {name} | {sm:g} | {md:g} | {' / '.join(map(pct, m[:4]))} "

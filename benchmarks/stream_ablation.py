@@ -128,14 +128,15 @@ def calibrated(test, calib) -> dict:
 
 
 def misses_counting_keyword_free_alarms(test_det: dict, run: str, data: str, minutes: float,
-                                        seed: int, loud: float) -> dict:
+                                        seed: int, loud: float, **detector) -> dict:
     """Misses on the keyword stream at the thresholds where a keyword-free stream of the same
     speakers (other words, noise, loud pauses; ``minutes`` long, seeded ``seed`` + 1000) raises
     at most 0.5 / 1 / 10 false alarms an hour: how wake-word benchmarks count (false rejects on
     positive audio, false alarms on negative audio), so a keyword taken for another keyword is
-    a miss here but never a false alarm."""
+    a miss here but never a false alarm. ``detector``: ``sweep``'s smoothing_s /
+    min_duration_s, the same as ``test_det`` was swept with."""
     neg = scored(run, data, minutes, seed + 1000, loud, keyword_free=True)
-    neg_det = sweep(neg.scores, neg.times, neg.labels, neg.occurrences, neg.duration_s)
+    neg_det = sweep(neg.scores, neg.times, neg.labels, neg.occurrences, neg.duration_s, **detector)
     assert neg_det["thresholds"] == test_det["thresholds"]  # the same grid: curves align
     curve = {"frr": test_det["curves"]["overall"]["frr"],
              "fa_per_hour": neg_det["curves"]["overall"]["fa_per_hour"]}
@@ -163,13 +164,13 @@ def measure(run: str, a, windows) -> dict:
             "noise_called_silence_min": min(v["silence"] for v in noise.values())}
 
 
-def _pct(v) -> str:
+def pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _peaks(p: dict) -> str:
     lo, hi = (p[f"{a:g}-{b:g}"] for a, b in SNR_BANDS)
-    return f"{lo['median']:.2f} ({_pct(lo['reach_0.5'])}) / {hi['median']:.2f} ({_pct(hi['reach_0.5'])})"
+    return f"{lo['median']:.2f} ({pct(lo['reach_0.5'])}) / {hi['median']:.2f} ({pct(hi['reach_0.5'])})"
 
 
 def _lost(p: dict) -> str:
@@ -184,7 +185,7 @@ def _alarms(src: dict) -> str:
 
 def _keyword_free(r: dict) -> str:
     m = r.get("misses_keyword_free_fa")  # None: a row kept from before the column
-    return "-" if m is None else " / ".join(_pct(m[f"{g:g}"]["frr"]) for g in NEG_TARGETS)
+    return "-" if m is None else " / ".join(pct(m[f"{g:g}"]["frr"]) for g in NEG_TARGETS)
 
 
 def table(rows: dict, a) -> str:
@@ -204,24 +205,37 @@ def table(rows: dict, a) -> str:
              "FA/h counted on keyword-free audio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        m = " / ".join(_pct(r["misses"][f"{g:g}"]["frr"]) for g in TARGETS)
+        m = " / ".join(pct(r["misses"][f"{g:g}"]["frr"]) for g in TARGETS)
         c = r["calibrated_1"]
-        lines.append(f"| {name} | {100 * r['val_acc']:.2f}% | {m} | {_pct(c['frr'])} "
-                     f"({c['fa_per_hour']:.1f}) | {_pct(r['noise_called_keyword_max'])} | "
+        lines.append(f"| {name} | {100 * r['val_acc']:.2f}% | {m} | {pct(c['frr'])} "
+                     f"({c['fa_per_hour']:.1f}) | {pct(r['noise_called_keyword_max'])} | "
                      f"{_peaks(r['peaks'])} | {_lost(r['peaks'])} | {_alarms(r['alarms_at_10'])} | "
                      f"{_keyword_free(r)} |")
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_stream_args(ap: argparse.ArgumentParser) -> None:
+    """The runs and the test stream's settings, shared with the scripts that re-score it."""
     ap.add_argument("runs", nargs="+", help="NAME=RUN pairs (or bare run folders)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gsc-dev"))
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--loud-noise", type=float, default=0.3)
+
+
+def named_runs(runs: list[str]) -> list[tuple[str, str, str]]:
+    """(name, run as given, run folder) for each NAME=RUN or bare run; ``pretrained:NAME``
+    resolves to its unpacked folder."""
+    pairs = [r.split("=", 1) if "=" in r else (Path(r).name, r) for r in runs]
+    return [(name, run, str(pretrained.resolve(run)) if pretrained.is_reference(run) else run)
+            for name, run in pairs]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_stream_args(ap)
     ap.add_argument("--calib-minutes", type=float, default=30.0)
     ap.add_argument("--calib-seed", type=int, default=11)
-    ap.add_argument("--loud-noise", type=float, default=0.3)
     ap.add_argument("--name", default="stream_ablation", help="results file stem")
     ap.add_argument("--add", action="store_true",
                     help="keep the rows of the existing results file; score only the runs named")
@@ -229,12 +243,10 @@ def main() -> int:
                     help="also put the table between <!-- MARKER:start/end --> in README.md")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    pairs = [r.split("=", 1) if "=" in r else (Path(r).name, r) for r in a.runs]
     windows = noise_windows(a.data)
     rows = previous_rows(RESULTS / f"{a.name}.json", a) if a.add else {}
-    for name, run in pairs:
+    for name, run, path in named_runs(a.runs):
         print(f"{name}: {run}", file=sys.stderr)
-        path = str(pretrained.resolve(run)) if pretrained.is_reference(run) else run
         rows[name] = measure(path, a, windows) | {"run": run}  # the name given, not the cache
     md = table(rows, a)
     print(md)
