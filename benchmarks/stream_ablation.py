@@ -58,8 +58,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def scored(run: str, data: str, minutes: float, seed: int, loud: float, keyword_free: bool = False):
-    """score_stream's result for ``run`` (cached in RUN/ablation-scores/)."""
-    what = [str(Path(data).resolve()), minutes, seed, loud] + (["keyword-free"] if keyword_free else [])
+    """score_stream's result for ``run`` (cached in RUN/ablation-scores/, keyed by the stream
+    and the run's weights: a refreshed pretrained:NAME copy keeps the folder's other files)."""
+    weights = hashlib.sha1()
+    for f in sorted(Path(run).glob("checkpoints/*")) + [Path(run) / "quantization.json"]:
+        if f.is_file():
+            weights.update(f.read_bytes())
+    what = ([str(Path(data).resolve()), minutes, seed, loud, weights.hexdigest()]
+            + (["keyword-free"] if keyword_free else []))
     key = hashlib.sha1(json.dumps(what).encode()).hexdigest()[:10]
     cache = Path(run) / "ablation-scores" / f"{key}.pkl"
     if cache.exists():
