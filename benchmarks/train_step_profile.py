@@ -10,7 +10,8 @@ features (the network step ``kwskit train`` runs, without the data path and the 
 - wall time per step (median and minimum over ``--steps`` steps after warm-up), minor page
   faults and system time per step, with glibc's default allocator settings and with
   ``mallopt`` keeping freed memory (no mmap per large tensor, no trimming): the system time
-  the page faults cost;
+  the page faults cost; and, on a CPU with native bf16 units, under the bfloat16 autocast
+  that ``train.amp: auto`` trains with there (the profile below uses it too);
 - torch.profiler's self CPU time grouped by what the op is (convolution forward / backward,
   BatchNorm forward / backward, element-wise, optimiser, other), and the five costliest
   (op, input shape) pairs;
@@ -43,6 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from kwskit.fsutil import write_text  # noqa: E402
 from kwskit.models.registry import create_model  # noqa: E402
+from kwskit.train.loop import cpu_has_bf16  # noqa: E402
 
 GROUPS = (  # (group, predicate on the aten op name), first match wins
     ("convolution backward", lambda n: "convolution_backward" in n),
@@ -68,9 +70,10 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def make_step(model_name: str, batch: int, micro: int = 0):
+def make_step(model_name: str, batch: int, micro: int = 0, bf16: bool = False):
     """One SGD step on a fixed batch; ``micro`` > 0 runs it as passes of ``micro`` clips
-    whose gradients add up (BatchNorm normalises each pass by its own statistics)."""
+    whose gradients add up (BatchNorm normalises each pass by its own statistics); ``bf16``
+    runs forward under bfloat16 autocast as ``train.amp=auto`` does on a CPU with bf16 units."""
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=12).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
@@ -79,7 +82,9 @@ def make_step(model_name: str, batch: int, micro: int = 0):
     def step():
         opt.zero_grad(set_to_none=True)
         for xs, ys in zip(x.split(micro or batch), y.split(micro or batch)):
-            (F.cross_entropy(model(xs), ys) * (len(ys) / batch)).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(xs)
+            (F.cross_entropy(logits.float(), ys) * (len(ys) / batch)).backward()
         opt.step()
     return step
 
@@ -122,15 +127,16 @@ def child(a) -> None:
     if a.keep_memory and not keep_freed_memory():
         raise SystemExit("--keep-memory: this C library has no glibc mallopt")
     micro = a.micro[0] if a.micro else 0
-    print(json.dumps(time_steps(make_step(a.models[0], a.batch, micro), a.steps)))
+    print(json.dumps(time_steps(make_step(a.models[0], a.batch, micro, a.bf16), a.steps)))
 
 
 def spawn(model: str, threads: int, batch: int, steps: int, keep: bool, n: int = 1,
-          micro: int = 0) -> list[dict]:
+          micro: int = 0, bf16: bool = False) -> list[dict]:
     """``n`` child processes side by side; their results."""
     cmd = [sys.executable, __file__, "--child", "--models", model, "--threads", str(threads),
            "--batch", str(batch), "--steps", str(steps), "--micro", str(micro)]
     cmd += ["--keep-memory"] if keep else []
+    cmd += ["--bf16"] if bf16 else []
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
 
@@ -147,6 +153,10 @@ def report(model: str, a) -> str:
     for keep in (False, True):  # back to back, so that both see about the same load
         row(f"{a.threads} threads, glibc malloc {'keeping freed memory' if keep else 'default'}",
             spawn(model, a.threads, a.batch, a.steps, keep)[0], a.batch)
+    bf16 = cpu_has_bf16()
+    if bf16:
+        row(f"{a.threads} threads, bfloat16 autocast (train.amp=auto on this CPU)",
+            spawn(model, a.threads, a.batch, a.steps, False, bf16=True)[0], a.batch)
     row("1 thread", spawn(model, 1, a.batch, a.steps, True)[0], a.batch)
     pair = spawn(model, 1, a.batch, a.steps, True, n=2)
     worst = max(pair, key=lambda r: r["median_ms"])
@@ -156,9 +166,10 @@ def report(model: str, a) -> str:
             spawn(model, 1, a.batch, a.steps, True, micro=micro)[0], a.batch)
 
     torch.set_num_threads(a.threads)
-    groups, top = profile_groups(make_step(model, a.batch))
+    groups, top = profile_groups(make_step(model, a.batch, bf16=bf16))
     total = sum(groups.values())
-    lines += ["", f"torch.profiler, {a.threads} threads, self CPU time per step "
+    lines += ["", f"torch.profiler, {a.threads} threads, {'bf16 autocast' if bf16 else 'float32'}, "
+              f"self CPU time per step "
               f"(all threads: {total:.0f} ms):", "", "| part | ms | share |", "|---|---|---|"]
     for name, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {name} | {ms:.0f} | {100 * ms / total:.0f}% |")
@@ -178,6 +189,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step_profile.md"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--keep-memory", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(a)

@@ -81,7 +81,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm, 0 = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision where there is a GPU (ignored on CPU)
+    amp: bool | str = "auto"  # mixed precision: true = on a GPU; "auto" = also bf16 on a CPU with native bf16 units; false = off
     threads: int = 0  # torch CPU threads, 0 = automatic (kwskit.threads.choose_threads)
     eval_batch_size: int = 256
     loss: str = "ce"  # ce | maxpool (kwskit.train.maxpool_loss: max-pooled detection loss)
@@ -207,6 +207,7 @@ def _check_values(cfg: ExperimentConfig) -> None:
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
         ("train.label_smoothing", 0.0 <= cfg.train.label_smoothing < 1.0, "must be in [0, 1)"),
         ("train.grad_clip", cfg.train.grad_clip >= 0, "must be >= 0"),
+        ("train.amp", cfg.train.amp in (True, False, "auto"), "must be true, false or auto"),
         ("train.loss", cfg.train.loss in ("ce", "maxpool"), "must be ce or maxpool"),
         ("train.loss_context_s", 0.0 < cfg.train.loss_context_s <= 2.0, "must be in (0, 2] seconds"),
         ("train.loss_clip", cfg.train.loss_clip in ("context", "bare"), "must be context or bare"),

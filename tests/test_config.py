@@ -36,6 +36,7 @@ def test_yaml_file_and_roundtrip(tmp_path):
     (["schedule.name=poly"], "schedule.name"),
     (["bogus.key=1"], "bogus: unknown key"),
     (["train.label_smoothing=1.5"], "train.label_smoothing"),
+    (["train.amp=maybe"], "train.amp: must be true, false or auto"),
     (["noequals"], "expected key=value"),
     (["data.min_clip_fraction=1"], "data.min_clip_fraction: must be in [0, 1)"),
     (["data.min_clip_fraction=-0.1"], "data.min_clip_fraction: must be in [0, 1)"),

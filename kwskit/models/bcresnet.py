@@ -26,7 +26,7 @@ from collections import OrderedDict
 from torch import nn
 
 from kwskit.errors import KwsError
-from kwskit.layers import (FreqMean, Residual, StreamClassifier, StreamConv2d,
+from kwskit.layers import (DepthwiseConv2d, FreqMean, Residual, StreamClassifier, StreamConv2d,
                            StreamSequential, SubSpectralNorm)
 from kwskit.models.registry import check_positive_int, check_probability, register_model
 
@@ -45,8 +45,7 @@ def bc_res_block(in_ch: int, out_ch: int, freq_stride: int, dilation: int, dropo
     f2 = []
     if transition:
         f2 += [nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU()]
-    f2 += [nn.Conv2d(out_ch, out_ch, (3, 1), stride=(freq_stride, 1), padding=(1, 0),
-                     groups=out_ch, bias=False),
+    f2 += [DepthwiseConv2d(out_ch, (3, 1), stride=(freq_stride, 1), padding=(1, 0)),
            SubSpectralNorm(out_ch, sub_bands)]
     f1 = StreamSequential(OrderedDict(
         avg_freq=FreqMean(keepdim=True),

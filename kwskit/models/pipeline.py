@@ -62,6 +62,10 @@ class KwsPipeline(nn.Module):
         """Backbone input for a batch of waveforms (SpecAugment applies in training mode only)."""
         if self.input_kind == "wave":
             return wave.unsqueeze(1) if wave.dim() == 2 else wave
+        if torch.is_autocast_enabled(wave.device.type):
+            # the front-end's logarithm of small energies stays in float32 under mixed precision
+            with torch.autocast(wave.device.type, enabled=False):
+                return self._shape(self.specaugment(self.frontend(wave.float())))
         return self._shape(self.specaugment(self.frontend(wave)))
 
     def _shape(self, feats: torch.Tensor) -> torch.Tensor:

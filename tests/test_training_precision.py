@@ -1,0 +1,104 @@
+"""Faster CPU training steps: DepthwiseConv2d's input gradient as a forward convolution, and
+bfloat16 autocast on CPUs with native bf16 (train.amp=auto) with the front-end in float32."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kwskit.config import load_config
+from kwskit.layers import DepthwiseConv2d, StreamConv2d
+from kwskit.models.io import build_pipeline
+from kwskit.train import loop
+from kwskit.train.loop import amp_setting, fit
+from test_train import TINY
+
+GEOMETRIES = [  # kernel, stride, padding, dilation
+    ((1, 3), 1, 0, (1, 8)),  # BC-ResNet's dilated time convolution
+    ((3, 1), 1, (1, 0), 1),  # its frequency convolution
+    ((3, 1), (2, 1), (1, 0), 1),  # ... in a transition block
+    ((5, 5), 1, 2, 1),
+    ((3, 3), (2, 3), (1, 1), (2, 1)),
+    ((5, 1), (2, 1), (2, 0), 1),
+]
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", GEOMETRIES)
+@pytest.mark.parametrize("freq", [20, 21])
+def test_depthwise_gradients_match_autograd(kernel, stride, padding, dilation, freq):
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(6, kernel, stride=stride, padding=padding, dilation=dilation)
+    assert conv._fast_grad
+    x = torch.randn(3, 6, freq, 40, requires_grad=True)
+    y = conv(x)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    fast = x.grad.clone(), conv.weight.grad.clone()
+    x.grad, conv.weight.grad = None, None
+    ref = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, 6)
+    ref.backward(grad)
+    assert torch.equal(y, ref)
+    torch.testing.assert_close(fast[0], x.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[1], conv.weight.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_is_an_nn_conv2d_outside_training():
+    conv = DepthwiseConv2d(4, (3, 1), padding=(1, 0)).eval()
+    plain = nn.Conv2d(4, 4, (3, 1), padding=(1, 0), groups=4, bias=False)
+    plain.load_state_dict(conv.state_dict())  # same keys, same shapes
+    x = torch.randn(2, 4, 8, 10)
+    assert torch.equal(conv(x), plain(x))
+    # padding beyond the kernel's reach has no "full" gradient convolution: plain autograd
+    assert not DepthwiseConv2d(4, 3, padding=3)._fast_grad
+    # StreamConv2d builds one for depthwise kernels only
+    assert isinstance(StreamConv2d(4, 4, (1, 3), groups=4, bias=False).conv, DepthwiseConv2d)
+    assert not isinstance(StreamConv2d(4, 8, (1, 3), bias=False).conv, DepthwiseConv2d)
+
+
+def test_depthwise_under_bf16_autocast_casts_like_a_convolution():
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(5, (1, 3), dilation=(1, 2))
+    x = torch.randn(2, 5, 4, 30, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        ref = F.conv2d(x, conv.weight, None, 1, 0, (1, 2), 5)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and conv.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_amp_setting(monkeypatch):
+    cpu = torch.device("cpu")
+    for has in (True, False):
+        monkeypatch.setattr(loop, "cpu_has_bf16", lambda has=has: has)
+        assert amp_setting("auto", cpu) == (has, torch.bfloat16)
+        assert amp_setting(True, cpu)[0] is False  # true keeps its meaning: a GPU only
+        assert amp_setting(False, cpu)[0] is False
+
+
+def test_frontend_stays_float32_under_autocast():
+    cfg = load_config(None, ["model.name=bcresnet1"])
+    pipe = build_pipeline(cfg, 12).train()
+    wave = torch.randn(2, 16000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = pipe.features(wave)
+        logits = pipe(wave)
+    assert feats.dtype == torch.float32
+    assert logits.dtype == torch.bfloat16
+
+
+def test_bf16_training_learns_and_reports_float32_accuracy(tiny_data, tmp_path, monkeypatch):
+    # bf16 autocast forced on (emulated where the CPU lacks bf16 units: slower, same result)
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)
+    cfg = load_config(None, [*TINY, "train.epochs=8", "train.amp=auto"])  # DS-CNN: depthwise
+    out = tmp_path / "run"
+    fit(cfg, out, data=str(tiny_data), quiet=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best"]["val_acc"] > 0.5  # six classes: chance is 1/6
+    state = torch.load(out / "checkpoints" / "best.pt", weights_only=False)
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
