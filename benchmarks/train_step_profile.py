@@ -9,8 +9,8 @@ features (the network step ``kwskit train`` runs, without the data path and the 
 
 - wall time per step (median and minimum over ``--steps`` steps after warm-up), minor page
   faults and system time per step, with glibc's default allocator settings and with
-  ``mallopt`` keeping freed memory (no mmap per large tensor, no trimming): the system time
-  the page faults cost; and, on a CPU with native bf16 units, under the bfloat16 autocast
+  ``mallopt`` keeping freed memory (kwskit.train.allocator, which ``kwskit train`` uses on a
+  CPU): the system time the page faults cost; and, on a CPU with native bf16 units, under the bfloat16 autocast
   that ``train.amp: auto`` trains with there (the profile below uses it too);
 - torch.profiler's self CPU time grouped by what the op is (convolution forward / backward,
   BatchNorm forward / backward, element-wise, optimiser, other), and the five costliest
@@ -27,7 +27,6 @@ Prints markdown and writes it to ``--out``. Synthetic input, so no data set is n
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import resource
 import statistics
@@ -44,6 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from kwskit.fsutil import write_text  # noqa: E402
 from kwskit.models.registry import create_model  # noqa: E402
+from kwskit.train.allocator import keep_freed_memory  # noqa: E402
 from kwskit.train.loop import cpu_has_bf16  # noqa: E402
 
 GROUPS = (  # (group, predicate on the aten op name), first match wins
@@ -56,18 +56,6 @@ GROUPS = (  # (group, predicate on the aten op name), first match wins
      lambda n: any(k in n for k in ("add", "threshold", "clamp", "silu", "mul", "div", "relu",
                                     "pad", "mean", "sum", "copy", "fill", "bernoulli"))),
 )
-
-
-def keep_freed_memory() -> bool:
-    """glibc only: serve large tensors from the heap and never trim it (no page faults per
-    step). False where the C library has no mallopt."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and
-                    libc.mallopt(m_trim_threshold, (1 << 31) - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 def make_step(model_name: str, batch: int, micro: int = 0, bf16: bool = False):
@@ -155,8 +143,10 @@ def report(model: str, a) -> str:
             spawn(model, a.threads, a.batch, a.steps, keep)[0], a.batch)
     bf16 = cpu_has_bf16()
     if bf16:
-        row(f"{a.threads} threads, bfloat16 autocast (train.amp=auto on this CPU)",
-            spawn(model, a.threads, a.batch, a.steps, False, bf16=True)[0], a.batch)
+        for keep in (False, True):
+            row(f"{a.threads} threads, bfloat16 autocast (train.amp=auto on this CPU), glibc "
+                f"malloc {'keeping freed memory (as kwskit train)' if keep else 'default'}",
+                spawn(model, a.threads, a.batch, a.steps, keep, bf16=True)[0], a.batch)
     row("1 thread", spawn(model, 1, a.batch, a.steps, True)[0], a.batch)
     pair = spawn(model, 1, a.batch, a.steps, True, n=2)
     worst = max(pair, key=lambda r: r["median_ms"])
@@ -166,6 +156,7 @@ def report(model: str, a) -> str:
             spawn(model, 1, a.batch, a.steps, True, micro=micro)[0], a.batch)
 
     torch.set_num_threads(a.threads)
+    keep_freed_memory()  # as kwskit train does
     groups, top = profile_groups(make_step(model, a.batch, bf16=bf16))
     total = sum(groups.values())
     lines += ["", f"torch.profiler, {a.threads} threads, {'bf16 autocast' if bf16 else 'float32'}, "

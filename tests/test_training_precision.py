@@ -95,10 +95,56 @@ def test_frontend_stays_float32_under_autocast():
 def test_bf16_training_learns_and_reports_float32_accuracy(tiny_data, tmp_path, monkeypatch):
     # bf16 autocast forced on (emulated where the CPU lacks bf16 units: slower, same result)
     monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)
+    kept = []  # CPU training also keeps freed memory mapped (kwskit.train.allocator)
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: kept.append(1) or True)
     cfg = load_config(None, [*TINY, "train.epochs=8", "train.amp=auto"])  # DS-CNN: depthwise
     out = tmp_path / "run"
     fit(cfg, out, data=str(tiny_data), quiet=True)
+    assert kept == [1]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["best"]["val_acc"] > 0.5  # six classes: chance is 1/6
     state = torch.load(out / "checkpoints" / "best.pt", weights_only=False)
     assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
+_WHERE_A_LARGE_TENSOR_LIVES = """
+import ctypes, sys, numpy as np
+from kwskit.train.allocator import keep_freed_memory
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2 (2.33+)
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                               "usmblks", "fsmblks", "uordblks", "fordblks",
+                                               "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+try:
+    libc.mallinfo2.restype = Info
+except AttributeError:
+    sys.exit(3)
+
+def after_one(mb=64):
+    # (bytes mapped on their own while it lives, heap bytes kept after it is freed)
+    before = libc.mallinfo2()
+    a = np.ones(mb << 18, dtype=np.float32)
+    mapped = libc.mallinfo2().hblkhd - before.hblkhd
+    del a
+    return mapped, libc.mallinfo2().arena
+
+default = after_one()
+if not keep_freed_memory():
+    sys.exit(3)
+print(*default, *after_one())
+"""
+
+
+def test_keep_freed_memory_serves_large_tensors_from_a_heap_it_keeps():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _WHERE_A_LARGE_TENSOR_LIVES], capture_output=True,
+                       text=True, timeout=120)
+    if r.returncode == 3:
+        pytest.skip("not glibc 2.33+: no mallopt / mallinfo2")
+    assert r.returncode == 0, r.stderr
+    mapped_default, heap_default, mapped_kept, heap_kept = map(int, r.stdout.split())
+    assert mapped_default >= 64 << 20 and heap_default < 64 << 20  # its own mmap, unmapped
+    assert mapped_kept == 0 and heap_kept >= 64 << 20  # from the heap, which stays

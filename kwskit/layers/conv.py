@@ -87,7 +87,8 @@ class TimeWindow(StreamModule):
         raise NotImplementedError
 
     def forward(self, x):
-        x = F.pad(x, (self.pad_left, self.pad_right), value=self.pad_value)
+        if self.pad_left or self.pad_right:  # F.pad copies even when it pads nothing
+            x = F.pad(x, (self.pad_left, self.pad_right), value=self.pad_value)
         return self._valid(x)
 
     def buffer_len(self, warmup: int) -> int:

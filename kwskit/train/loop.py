@@ -23,6 +23,7 @@ from kwskit.fsutil import check_new_out, write_json
 from kwskit.models.io import arch_of, build_pipeline, read_checkpoint, save_checkpoint
 from kwskit.threads import choose_threads
 from kwskit.train import distributed as dd
+from kwskit.train.allocator import keep_freed_memory
 from kwskit.train.run import write_labels
 from kwskit.train.tracking import Tracker
 
@@ -141,6 +142,8 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
     if main and not quiet:
         print(f"threads: {threads} ({why}; set train.threads or KWSKIT_THREADS to change)",
               file=sys.stderr)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults for the activations each step (allocator.py)
     use_amp, amp_dtype = amp_setting(cfg.train.amp, device)
     if main and not quiet and use_amp and device.type == "cpu":
         print("precision: bfloat16 autocast on this CPU's native bf16 units (train.amp=false "
