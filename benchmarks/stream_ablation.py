@@ -12,7 +12,9 @@ Both streams come from the same validation speakers (gsc-dev has no test speaker
 calibrated column is optimistic about speakers, not about the stream itself. A third stream,
 keyword-free (the same speakers' other words, noise and loud pauses), counts false alarms the
 way wake-word benchmarks do: misses on the keyword stream at the threshold where the
-keyword-free audio fires at most 0.5 / 1 / 10 times an hour. A run may be ``pretrained:NAME``.
+keyword-free audio fires at most 0.5 / 1 / 10 times an hour. A second table breaks the
+misses at 10 FA/h down by keyword, with the class each keyword was most often taken for.
+A run may be ``pretrained:NAME``.
 
 Writes benchmarks/results/stream_ablation.md (table), .json (numbers and each run's overall DET
 curve) and .png (overall DET curves of every run on one plot). Scores are cached per run
@@ -24,6 +26,7 @@ ones. One torch thread.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import hashlib
 import json
@@ -122,6 +125,26 @@ def peaks_by_snr(test, a) -> dict:
     return out
 
 
+def per_keyword(test, det: dict, fa_per_hour: float = 10.0) -> dict:
+    """Each keyword's misses at the one-threshold operating point for ``fa_per_hour``, and what
+    the missed occurrences were taken for most often at their own score's peak (the class
+    above them there): which words the false-alarm budget costs, and against which rival."""
+    t = frr_at_fa(det["curves"]["overall"], det["thresholds"], fa_per_hour)["threshold"]
+    if t is None:
+        return {}
+    i = det["thresholds"].index(t)
+    peaks = keyword_peaks(test.scores, test.times, test.labels, test.occurrences)
+    rivals = keyword_rivals(test.scores, test.times, test.labels, test.occurrences)
+    out = {}
+    for k in keyword_labels(test.labels):
+        lost = collections.Counter(r for o, p, r in zip(test.occurrences, peaks, rivals)
+                                   if o.keyword == k and p < t)
+        rival, n = lost.most_common(1)[0] if lost else (None, 0)
+        out[k] = {"frr": det["curves"][k]["frr"][i], "n": det["occurrences"][k],
+                  "taken_for": rival, "taken_for_n": n}
+    return out
+
+
 def calibrated(test, calib) -> dict:
     """Per-keyword thresholds fitted on ``calib`` for 1 FA/h, measured on ``test``."""
     fit = fit_thresholds(calib.scores, calib.times, calib.labels, calib.occurrences,
@@ -166,6 +189,7 @@ def measure(run: str, a, windows) -> dict:
                 det, run, a.data, a.minutes, a.seed, a.loud_noise),
             "peaks": peaks_by_snr(test, a),
             "alarms_at_10": alarm_sources(test, a, det),
+            "per_keyword_at_10": per_keyword(test, det),
             "noise_called_keyword_max": max(v["keyword"] for v in noise.values()),
             "noise_called_silence_min": min(v["silence"] for v in noise.values())}
 
@@ -217,6 +241,27 @@ def table(rows: dict, a) -> str:
                      f"({c['fa_per_hour']:.1f}) | {pct(r['noise_called_keyword_max'])} | "
                      f"{_peaks(r['peaks'])} | {_lost(r['peaks'])} | {_alarms(r['alarms_at_10'])} | "
                      f"{_keyword_free(r)} |")
+    return "\n".join(lines) + "\n" + per_keyword_table(rows)
+
+
+def per_keyword_table(rows: dict) -> str:
+    """Misses per keyword at 10 FA/h (one threshold for all), with what the missed ones were
+    taken for most often; only the rows scored since this breakdown was stored."""
+    rows = {k: v["per_keyword_at_10"] for k, v in rows.items() if v.get("per_keyword_at_10")}
+    if not rows:
+        return ""
+    keywords = sorted({k for v in rows.values() for k in v})
+    lines = ["", "Misses per keyword at 10 FA/h (one threshold for all keywords); in brackets "
+             "what most of the missed ones were taken for at their own score's peak, and how "
+             "many:", "", "| run | " + " | ".join(keywords) + " |",
+             "|---|" + "---|" * len(keywords)]
+    for name, v in rows.items():
+        cells = []
+        for k in keywords:
+            c = v.get(k)
+            cells.append("-" if c is None else f"{pct(c['frr'])}" + (
+                f" ({c['taken_for']} {c['taken_for_n']})" if c["taken_for"] else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
