@@ -8,7 +8,8 @@ again and pays a page fault per 4 KiB touched: 10-30 K minor faults and 15-50 ms
 time per BC-ResNet step at batch 100 (benchmarks/train_step_profile.py). Serving those tensors
 from the heap and never trimming it keeps the pages mapped: ~150 faults per step, 4-15% faster
 steps and 7-10% more clips/s per BC-ResNet-1 epoch on a 2-core CPU, at the price of keeping
-the peak's memory reserved until the process exits (tens of MB for the recipes here).
+a step's peak memory reserved between steps and until the process exits (the memory a
+step needs anyway).
 """
 
 from __future__ import annotations
