@@ -15,7 +15,6 @@ step needs anyway).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
 MMAP_THRESHOLD = 1 << 30  # only allocations above 1 GiB still get their own mapping
@@ -25,10 +24,8 @@ TRIM_THRESHOLD = (1 << 31) - 1  # never give the heap top back
 def keep_freed_memory() -> bool:
     """Set glibc's thresholds as above for this process; False (nothing changed) where the C
     library is not glibc or has no ``mallopt``."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
