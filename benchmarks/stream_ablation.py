@@ -107,14 +107,19 @@ def alarm_sources(test, a, det: dict, fa_per_hour: float = 10.0) -> dict:
     return false_alarm_sources(false_alarms(found, test.occurrences), words)
 
 
-def peaks_by_snr(test, a) -> dict:
+def peaks_and_rivals(test) -> tuple[np.ndarray, list]:
+    """Each occurrence's own smoothed score peak and the class above it there (computed once
+    per stream: both smooth the whole stream)."""
+    return (keyword_peaks(test.scores, test.times, test.labels, test.occurrences),
+            keyword_rivals(test.scores, test.times, test.labels, test.occurrences))
+
+
+def peaks_by_snr(test, a, peaks: np.ndarray, rivals: list) -> dict:
     """Median smoothed peak of each keyword's own score, and the share that reaches 0.5, for the
     quietest and loudest words: misses that no threshold can take back show here."""
-    peaks = keyword_peaks(test.scores, test.times, test.labels, test.occurrences)
     snr = keyword_snrs(tuple(test.labels), a.data, a.minutes, a.seed, a.loud_noise)
     out = {"all": {"median": float(np.median(peaks)), "reach_0.5": float(np.mean(peaks >= 0.5))}}
     # what the words that never reach 0.5 were taken for, at their own score's peak
-    rivals = keyword_rivals(test.scores, test.times, test.labels, test.occurrences)
     lost = [r for r, p in zip(rivals, peaks) if p < 0.5]
     out["lost_to"] = {"_silence_": lost.count("_silence_"), "_unknown_": lost.count("_unknown_"),
                       "keyword": sum(r not in ("_silence_", "_unknown_", None) for r in lost)}
@@ -125,7 +130,8 @@ def peaks_by_snr(test, a) -> dict:
     return out
 
 
-def per_keyword(test, det: dict, fa_per_hour: float = 10.0) -> dict:
+def per_keyword(test, det: dict, peaks: np.ndarray, rivals: list,
+                fa_per_hour: float = 10.0) -> dict:
     """Each keyword's misses at the one-threshold operating point for ``fa_per_hour``, and what
     the missed occurrences were taken for most often at their own score's peak (the class
     above them there): which words the false-alarm budget costs, and against which rival."""
@@ -133,8 +139,6 @@ def per_keyword(test, det: dict, fa_per_hour: float = 10.0) -> dict:
     if t is None:
         return {}
     i = det["thresholds"].index(t)
-    peaks = keyword_peaks(test.scores, test.times, test.labels, test.occurrences)
-    rivals = keyword_rivals(test.scores, test.times, test.labels, test.occurrences)
     out = {}
     for k in keyword_labels(test.labels):
         lost = collections.Counter(r for o, p, r in zip(test.occurrences, peaks, rivals)
@@ -179,6 +183,7 @@ def measure(run: str, a, windows) -> dict:
     det = sweep(test.scores, test.times, test.labels, test.occurrences, test.duration_s)
     metrics = json.loads((Path(run) / "metrics.json").read_text())
     noise = recall_by_level(run, windows)
+    peaks = peaks_and_rivals(test)
     return {"run": run, "val_acc": metrics["best"]["val_acc"], "det": det,
             "occurrences": det["occurrences"]["overall"],
             "det_overall": {k: det["curves"]["overall"][k] for k in ("frr", "fa_per_hour")},
@@ -187,9 +192,9 @@ def measure(run: str, a, windows) -> dict:
             "calibrated_1": calibrated(test, calib),
             "misses_keyword_free_fa": misses_counting_keyword_free_alarms(
                 det, run, a.data, a.minutes, a.seed, a.loud_noise),
-            "peaks": peaks_by_snr(test, a),
+            "peaks": peaks_by_snr(test, a, *peaks),
             "alarms_at_10": alarm_sources(test, a, det),
-            "per_keyword_at_10": per_keyword(test, det),
+            "per_keyword_at_10": per_keyword(test, det, *peaks),
             "noise_called_keyword_max": max(v["keyword"] for v in noise.values()),
             "noise_called_silence_min": min(v["silence"] for v in noise.values())}
 
