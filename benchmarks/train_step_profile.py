@@ -10,8 +10,8 @@ features (the network step ``kwskit train`` runs, without the data path and the 
 - wall time per step (median and minimum over ``--steps`` steps after warm-up), minor page
   faults and system time per step, with glibc's default allocator settings and with
   ``mallopt`` keeping freed memory (kwskit.train.allocator, which ``kwskit train`` uses on a
-  CPU): the system time the page faults cost; and, on a CPU with native bf16 units, under the bfloat16 autocast
-  that ``train.amp: auto`` trains with there (the profile below uses it too);
+  CPU): the system time the page faults cost; and, on a CPU with native bf16 units, under the
+  bfloat16 autocast that ``train.amp: auto`` trains with there (the profile below uses it too);
 - torch.profiler's self CPU time grouped by what the op is (convolution forward / backward,
   BatchNorm forward / backward, element-wise, optimiser, other), and the five costliest
   (op, input shape) pairs;

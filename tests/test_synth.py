@@ -219,12 +219,13 @@ def _f0(x: np.ndarray, sr: int = 16000, fmin: float = 40.0, fmax: float = 500.0)
     loud = np.sqrt((frames**2).mean(1))
     frames = frames[loud > 0.3 * loud.max()]
     w, lags = n // 2, np.arange(1, int(sr / fmin) + 1)
+    allowed = lags >= sr / fmax
     pitches = []
     for f in frames:
         d = np.array([np.sum((f[:w] - f[tau:tau + w]) ** 2) for tau in lags])
         cmnd = d * lags / np.maximum(np.cumsum(d), 1e-12)
-        ok = np.flatnonzero((cmnd < 0.1) & (lags >= sr / fmax))
-        tau = lags[ok[0]] if len(ok) else lags[int(sr / fmax) + np.argmin(cmnd[int(sr / fmax):])]
+        ok = np.flatnonzero((cmnd < 0.1) & allowed)  # else the deepest dip in range
+        tau = lags[ok[0]] if len(ok) else lags[allowed][np.argmin(cmnd[allowed])]
         pitches.append(sr / tau)
     return float(np.median(pitches))
 

@@ -115,7 +115,7 @@ class Info(ctypes.Structure):  # glibc's struct mallinfo2 (2.33+)
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
                                                "usmblks", "fsmblks", "uordblks", "fordblks",
                                                "keepcost")]
-libc = ctypes.CDLL("libc.so.6")
+libc = ctypes.CDLL(None)  # the C library the interpreter runs on, as the allocator uses
 try:
     libc.mallinfo2.restype = Info
 except AttributeError:
