@@ -9,13 +9,15 @@ from kwskit.layers.base import (FrameSpec, FrameWise, FreqMean, Identity, Stream
                                 stream_step, total_lookahead)
 from kwskit.layers.classifier import StreamClassifier
 from kwskit.layers.containers import Add, Residual, StreamSequential, StreamSum
-from kwskit.layers.conv import (Delay, DepthwiseConv2d, Frames, StreamConv1d, StreamConv2d, StreamPool1d,
-                                StreamPool2d, TimeWindow, split_padding)
+from kwskit.layers.conv import (Delay, DepthwiseConv2d, Frames, PointwiseConv2d, StreamConv1d,
+                                StreamConv2d, StreamPool1d, StreamPool2d, TimeWindow,
+                                split_padding)
 from kwskit.layers.norm import SubSpectralNorm
 from kwskit.layers.pool import TimePool
 
 __all__ = [
-    "Add", "Delay", "DepthwiseConv2d", "FrameSpec", "FrameWise", "Frames", "FreqMean", "Identity", "Residual",
+    "Add", "Delay", "DepthwiseConv2d", "FrameSpec", "FrameWise", "Frames", "FreqMean", "Identity",
+    "PointwiseConv2d", "Residual",
     "StreamClassifier", "StreamConv1d", "StreamConv2d", "StreamModule", "StreamPool1d",
     "StreamPool2d", "StreamSequential", "StreamSum", "SubSpectralNorm", "TimePool", "TimeWindow",
     "check_framewise", "checked", "mask_warmup", "stream_init_of", "stream_step",

@@ -26,8 +26,8 @@ from collections import OrderedDict
 from torch import nn
 
 from kwskit.errors import KwsError
-from kwskit.layers import (DepthwiseConv2d, FreqMean, Residual, StreamClassifier, StreamConv2d,
-                           StreamSequential, SubSpectralNorm)
+from kwskit.layers import (DepthwiseConv2d, FreqMean, PointwiseConv2d, Residual,
+                           StreamClassifier, StreamConv2d, StreamSequential, SubSpectralNorm)
 from kwskit.models.registry import check_positive_int, check_probability, register_model
 
 PAPER = ("Kim et al. 2021, Broadcasted Residual Learning for Efficient Keyword Spotting, "
@@ -44,7 +44,7 @@ def bc_res_block(in_ch: int, out_ch: int, freq_stride: int, dilation: int, dropo
     transition = in_ch != out_ch
     f2 = []
     if transition:
-        f2 += [nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU()]
+        f2 += [PointwiseConv2d(in_ch, out_ch), nn.BatchNorm2d(out_ch), nn.ReLU()]
     f2 += [DepthwiseConv2d(out_ch, (3, 1), stride=(freq_stride, 1), padding=(1, 0)),
            SubSpectralNorm(out_ch, sub_bands)]
     f1 = StreamSequential(OrderedDict(
@@ -52,7 +52,7 @@ def bc_res_block(in_ch: int, out_ch: int, freq_stride: int, dilation: int, dropo
         tconv=StreamConv2d(out_ch, out_ch, (1, 3), dilation=(1, dilation), groups=out_ch,
                            bias=False, padding=padding),
         bn=nn.BatchNorm2d(out_ch), act=nn.SiLU(),
-        pconv=nn.Conv2d(out_ch, out_ch, 1, bias=False),
+        pconv=PointwiseConv2d(out_ch, out_ch),
         drop=nn.Dropout2d(dropout),
     ))
     # f2(x) + BC(f1(avg(f2(x)))): the (B, C, 1, T) f1 output broadcasts over frequency
@@ -106,7 +106,7 @@ class BCResNet(StreamClassifier):
                 in_ch = width
         layers["head_dw"] = StreamConv2d(in_ch, in_ch, 5, groups=in_ch, bias=False,
                                          padding=pad, freq_padding="valid")
-        layers["head_pw"] = nn.Conv2d(in_ch, head_ch, 1, bias=False)
+        layers["head_pw"] = PointwiseConv2d(in_ch, head_ch)
         layers["head_bn"] = nn.BatchNorm2d(head_ch)
         layers["head_relu"] = nn.ReLU()
         layers["freq_mean"] = FreqMean()  # with the time pool = the paper's global avg pool
