@@ -255,6 +255,10 @@ class LogMel(nn.Module):
         # trained with (see _load_from_state_dict for checkpoints that still carry dft_kernel).
         win = make_window(self.window, self.win_length)
         self.register_buffer("window_fn", win.float(), persistent=False)  # (win,)
+        # the window zero-padded to n_fft at the end: power_spectrogram cuts n_fft-sample frames
+        # and lets the zeros pad them (one pass less than padding win_length frames)
+        self.register_buffer("window_nfft", F.pad(win.float(), (0, self.n_fft - self.win_length)),
+                             persistent=False)  # (n_fft,)
         if self.dft == "conv":
             # DFT of a win_length frame zero-padded to n_fft: the zero samples add nothing, and
             # the window's offset inside the buffer only rotates the phase, which |.|^2 drops.
@@ -313,7 +317,11 @@ class LogMel(nn.Module):
     def _fft_power(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, n, win) frames -> |DFT|^2 (B, F, n). rfft zero-pads each windowed frame to n_fft
         at the end: the conv kernels' spectrum (window at offset 0 of the n_fft buffer)."""
-        spec = torch.fft.rfft(frames * self.window_fn, n=self.n_fft, dim=-1)  # complex
+        return self._power(torch.fft.rfft(frames * self.window_fn, n=self.n_fft, dim=-1))
+
+    @staticmethod
+    def _power(spec: torch.Tensor) -> torch.Tensor:
+        """(B, n, F) complex spectrum -> (B, F, n) |.|^2."""
         # .real / .imag are strided views (exported as slices); squaring them is faster than
         # |spec|**2 (a sqrt) or a sum over view_as_real's trailing dim of 2
         pw = spec.real.square() + spec.imag.square()  # (B, n, F)
@@ -336,7 +344,11 @@ class LogMel(nn.Module):
         if self.dft == "conv":
             pw = self._conv_power(F.conv1d(x[:, None], self.dft_kernel, stride=self.hop_length))
         else:
-            pw = self._fft_power(x.unfold(-1, self.win_length, self.hop_length))
+            # frames of n_fft samples whose last n_fft - win_length the window zeroes: the same
+            # numbers as rfft(win_length frames, n=n_fft), without copying every frame to pad it
+            x = F.pad(x, (0, self.n_fft - self.win_length))
+            frames = x.unfold(-1, self.n_fft, self.hop_length)
+            pw = self._power(torch.fft.rfft(frames * self.window_nfft, dim=-1))
         return self._finish_power(pw)
 
     def frame_power(self, frames: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,8 @@ step become this layer's warm-up (``pad_right`` frames, rounded up to the stride
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -182,6 +184,7 @@ class _DepthwiseConv2d(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
+@functools.lru_cache(maxsize=64)  # built once per layer geometry, not per step; read only
 def _band_taps(size: int, kernel: int, stride: int, padding: int, dilation: int,
                dtype: torch.dtype, device) -> torch.Tensor:
     """(kernel, out, size) 0/1 matrices: tap j of output row o reads input row
@@ -244,19 +247,24 @@ class _PointwiseMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight):
         ctx.save_for_backward(x, weight)
-        flat = weight.flatten(1)
-        return torch.matmul(flat, x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
+        return _batched(weight.flatten(1), x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         flat_grad, grad_x, grad_w = grad.flatten(2), None, None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.matmul(weight.flatten(1).t().contiguous(), flat_grad).view(x.shape)
+            grad_x = _batched(weight.flatten(1).t(), flat_grad).view(x.shape)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.matmul(flat_grad, x.flatten(2).transpose(1, 2)).sum(
+            grad_w = torch.bmm(flat_grad, x.flatten(2).transpose(1, 2)).sum(
                 0, dtype=torch.float32).to(weight.dtype).view(weight.shape)
         return grad_x, grad_w
+
+
+def _batched(matrix, batch):
+    """``matrix`` @ each (rows, n) matrix of ``batch`` as one bmm. torch.matmul would fold the
+    batch into a 2-D product through a transposed copy of ``batch`` and of its result."""
+    return torch.bmm(matrix.expand(batch.shape[0], -1, -1), batch)
 
 
 class _CpuTrainingConv2d(nn.Conv2d):
