@@ -210,7 +210,8 @@ class KwsDataset(torch.utils.data.Dataset):
         return len(self.split.examples)
 
     def __getitem__(self, i: int):
-        x = self.split.waves[i].astype(np.float32) / INT16_SCALE
+        # one pass: int16 -> float32, then the float32 division (as astype + / would do)
+        x = np.divide(self.split.waves[i], np.float32(INT16_SCALE), dtype=np.float32)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             # silence examples get their own noise rules (always noise, silence_rms_dbfs)
