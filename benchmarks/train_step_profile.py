@@ -13,7 +13,7 @@ features (the network step ``kwskit train`` runs, without the data path and the 
   CPU): the system time the page faults cost; and, on a CPU with native bf16 units, under the
   bfloat16 autocast that ``train.amp: auto`` trains with there (the profile below uses it too);
 - torch.profiler's self CPU time grouped by what the op is (convolution forward / backward,
-  BatchNorm forward / backward, element-wise, optimiser, other), and the five costliest
+  BatchNorm forward / backward, matmul, element-wise, optimiser, other), and the five costliest
   (op, input shape) pairs;
 - the same step in one thread, and two one-thread processes side by side (each its own
   batch): how far two cores are from twice one, which bounds any data-parallel split;
@@ -52,6 +52,8 @@ GROUPS = (  # (group, predicate on the aten op name), first match wins
     ("BatchNorm backward", lambda n: "batch_norm_backward" in n),
     ("BatchNorm forward", lambda n: "batch_norm" in n),
     ("optimiser", lambda n: "Optimizer" in n or "_foreach" in n),
+    # 1x1 and frequency-only depthwise convolutions train as matmuls on a CPU
+    ("matmul (1x1 and frequency convolutions)", lambda n: n in ("aten::bmm", "aten::mm")),
     ("element-wise (add, ReLU, SiLU, mul, pad, mean...)",
      lambda n: any(k in n for k in ("add", "threshold", "clamp", "silu", "mul", "div", "relu",
                                     "pad", "mean", "sum", "copy", "fill", "bernoulli"))),
