@@ -174,3 +174,17 @@ def test_keep_freed_memory_serves_large_tensors_from_a_heap_it_keeps():
     mapped_default, heap_default, mapped_kept, heap_kept = map(int, r.stdout.split())
     assert mapped_default >= 64 << 20 and heap_default < 64 << 20  # its own mmap, unmapped
     assert mapped_kept == 0 and heap_kept >= 64 << 20  # from the heap, which stays
+
+
+def test_freq_mean_of_bf16_sums_without_a_float32_copy():
+    from kwskit.layers import FreqMean
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 20, 30).bfloat16().requires_grad_()
+    for keepdim in (True, False):
+        y = FreqMean(keepdim=keepdim)(x)
+        ref = x.float().mean(dim=-2, keepdim=keepdim)
+        assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+        torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 1 / 20))  # the gradient of a mean over 20

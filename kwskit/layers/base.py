@@ -182,6 +182,10 @@ class FreqMean(nn.Module):
         self.keepdim = keepdim
 
     def forward(self, x):
+        if x.dtype == torch.bfloat16:
+            # mean() of bf16 first copies all of x to float32 and its gradient writes a full-size
+            # tensor; sum() accumulates in float32 without the copy and its gradient is a view
+            return x.sum(dim=-2, keepdim=self.keepdim) / x.shape[-2]
         return x.mean(dim=-2, keepdim=self.keepdim)
 
     def extra_repr(self) -> str:
