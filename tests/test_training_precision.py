@@ -85,6 +85,31 @@ def test_depthwise_is_an_nn_conv2d_outside_training():
     assert not isinstance(StreamConv2d(4, 8, (1, 3), bias=False).conv, DepthwiseConv2d)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: PointwiseConv2d(5, 3),
+    lambda: DepthwiseConv2d(5, (3, 1), stride=(2, 1), padding=(1, 0)),
+])
+def test_matmul_kernels_under_bf16_autocast_cast_like_a_convolution(make):
+    torch.manual_seed(0)
+    conv = make()
+    x = torch.randn(2, 5, 10, 30, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        ref = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and conv.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_time_taps_keep_float64():
+    conv = DepthwiseConv2d(3, (1, 3), dilation=(1, 2)).double()
+    x = torch.randn(2, 3, 1, 20, dtype=torch.float64, requires_grad=True)
+    y = conv(x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, F.conv2d(x, conv.weight, None, 1, 0, (1, 2), 3))
+
+
 def test_depthwise_under_bf16_autocast_casts_like_a_convolution():
     torch.manual_seed(0)
     conv = DepthwiseConv2d(5, (1, 3), dilation=(1, 2))

@@ -226,12 +226,13 @@ class _FreqBandMatmul(torch.autograd.Function):
 
 def _time_taps(x, weight, dilation: int):
     """Depthwise convolution along time only (frequency kernel 1, stride 1, no padding) as a
-    float32 sum of shifted, scaled copies of ``x``, in ``x``'s dtype. On BC-ResNet's
-    (batch, C, 1, frames) inputs oneDNN's depthwise kernels cost 1.5-2x these few small
-    element-wise ops, forward and backward together."""
+    sum of shifted, scaled copies of ``x`` in float32 (or wider), returned in ``x``'s dtype.
+    On BC-ResNet's (batch, C, 1, frames) inputs oneDNN's depthwise kernels cost 1.5-2x these
+    few small element-wise ops, forward and backward together."""
     kernel = weight.shape[-1]
     out = x.shape[-1] - dilation * (kernel - 1)
-    x32, w32 = x.float(), weight.float().view(1, -1, 1, kernel)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    x32, w32 = x.to(acc), weight.to(acc).view(1, -1, 1, kernel)
     y = x32[..., :out] * w32[..., :1]
     for j in range(1, kernel):
         y = y + x32[..., j * dilation:j * dilation + out] * w32[..., j:j + 1]
