@@ -44,7 +44,8 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 TINY = ["model.name=dscnn_s", "data.labels=[yes, no, up, down]", "train.batch_size=16",
         "optim.name=adam", "optim.lr=0.003", "optim.weight_decay=0", "schedule.name=constant",
-        "train.threads=1", "augment.noise_prob=0.3", "train.epochs=8"]
+        "train.threads=1", "augment.noise_prob=0.3", "train.epochs=8",
+        "train.amp=false"]  # float32 everywhere: the same model whether or not a CPU has bf16
 
 
 @pytest.fixture(scope="module")

@@ -346,7 +346,8 @@ class LogMel(nn.Module):
         else:
             # frames of n_fft samples whose last n_fft - win_length the window zeroes: the same
             # numbers as rfft(win_length frames, n=n_fft), without copying every frame to pad it
-            x = F.pad(x, (0, self.n_fft - self.win_length))
+            if self.n_fft > self.win_length:
+                x = F.pad(x, (0, self.n_fft - self.win_length))
             frames = x.unfold(-1, self.n_fft, self.hop_length)
             pw = self._power(torch.fft.rfft(frames * self.window_nfft, dim=-1))
         return self._finish_power(pw)

@@ -318,7 +318,9 @@ class DepthwiseConv2d(_CpuTrainingConv2d):
 
 
 class PointwiseConv2d(_CpuTrainingConv2d):
-    """Bias-free 1x1 convolution; in CPU training a matmul (_PointwiseMatmul)."""
+    """Bias-free 1x1 convolution; in CPU training a matmul (_PointwiseMatmul). It pays for
+    narrow layers over many (freq x frames) positions, as in BC-ResNet; wide layers over few
+    positions (DS-CNN-L: 276 channels, 5 x 25) train faster with oneDNN's own kernel."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 1, bias=False)

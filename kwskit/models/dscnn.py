@@ -25,8 +25,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from kwskit.layers import (FreqMean, PointwiseConv2d, StreamClassifier, StreamConv2d,
-                           StreamSequential)
+from kwskit.layers import FreqMean, StreamClassifier, StreamConv2d, StreamSequential
 from kwskit.models.registry import check_positive_int, check_probability, register_model
 
 PAPER = "Zhang et al. 2017, Hello Edge: Keyword Spotting on Microcontrollers, arXiv:1711.07128"
@@ -48,7 +47,7 @@ def _ds_layer(channels: int, stride, padding: str) -> StreamSequential:
         dw=StreamConv2d(channels, channels, 3, stride=stride, groups=channels, bias=False,
                         padding=padding),
         dw_bn=nn.BatchNorm2d(channels), dw_relu=nn.ReLU(),
-        pw=PointwiseConv2d(channels, channels),
+        pw=nn.Conv2d(channels, channels, 1, bias=False),
         pw_bn=nn.BatchNorm2d(channels), pw_relu=nn.ReLU(),
     ))
 

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from kwskit.errors import KwsError
-from kwskit.layers import (FreqMean, PointwiseConv2d, Residual, StreamClassifier, StreamConv2d,
-                           StreamSequential)
+from kwskit.layers import FreqMean, Residual, StreamClassifier, StreamConv2d, StreamSequential
 from kwskit.models.registry import check_positive_int, check_probability, register_model
 
 PAPER = ("Peter, Roth, Pernkopf 2020, Resource-efficient DNNs for Keyword Spotting using Neural "
@@ -116,12 +115,12 @@ def layer_slots(stages=STAGES, stem_channels: int = STEM_CHANNELS,
 def mbconv_body(kernel: int, expansion: int, slot: Slot, padding: str) -> StreamSequential:
     """Expand (1x1) -> depthwise KxK (the slot's stride) -> project (1x1), without shortcut."""
     hidden = slot.c_in * expansion
-    layers = OrderedDict(expand=PointwiseConv2d(slot.c_in, hidden),
+    layers = OrderedDict(expand=nn.Conv2d(slot.c_in, hidden, 1, bias=False),
                          expand_bn=nn.BatchNorm2d(hidden), expand_relu=nn.ReLU())
     layers.update(dw=StreamConv2d(hidden, hidden, kernel, stride=slot.stride, groups=hidden,
                                   bias=False, padding=padding),
                   dw_bn=nn.BatchNorm2d(hidden), dw_relu=nn.ReLU(),
-                  project=PointwiseConv2d(hidden, slot.c_out),
+                  project=nn.Conv2d(hidden, slot.c_out, 1, bias=False),
                   project_bn=nn.BatchNorm2d(slot.c_out))
     return StreamSequential(layers)
 
