@@ -1,6 +1,7 @@
 """The package's floors (../shared/DESIGN.md, "Layout"): lower floors never import higher ones.
 
 data/features/layers/models know nothing of train, eval, stream, export, runtime or compress;
+kernels/ (compiled kernels for layers/) imports no other kwskit package;
 eval, stream, export and runtime load models through models/, never through train/ or
 compress/ (a compressed run rebuilds through models/io.py's ARCH_EDITS); runtime/ runs without
 torch. Every import statement counts, also those inside functions; imports under
@@ -22,6 +23,9 @@ FORBIDDEN = {
     **{low: ("train", "eval", "stream", "export", "runtime", "compress")
        for low in ("data", "features", "layers", "models")},
     **{high: ("train", "compress") for high in ("eval", "stream", "export", "runtime")},
+    # C++ kernels and their loader: the floor under layers/, importing no other kwskit package
+    "kernels": ("data", "features", "layers", "models", "train", "eval", "stream", "export",
+                "runtime", "compress", "config", "cli"),
 }
 
 

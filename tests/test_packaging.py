@@ -57,3 +57,12 @@ def test_pretrained_models_are_package_data():
         rel = f.relative_to(home)
         assert any(rel.match(pat) for pat in patterns), rel
     assert "onnxscript" in _names(PYPROJECT["project"]["optional-dependencies"]["onnx"])
+
+
+def test_kernel_source_and_its_build_tool_ship():
+    # the CPU training kernels compile on first use: the wheel carries the .cpp, train brings ninja
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["kwskit.kernels"]
+    home = Path(__file__).resolve().parents[1] / "kwskit" / "kernels"
+    sources = list(home.glob("*.cpp"))
+    assert sources and all(any(s.relative_to(home).match(p) for p in patterns) for s in sources)
+    assert "ninja" in _names(PYPROJECT["project"]["optional-dependencies"]["train"])

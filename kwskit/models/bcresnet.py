@@ -28,6 +28,8 @@ from torch import nn
 from kwskit.errors import KwsError
 from kwskit.layers import (DepthwiseConv2d, FreqMean, PointwiseConv2d, Residual,
                            StreamClassifier, StreamConv2d, StreamSequential, SubSpectralNorm)
+from kwskit.layers.fused import (NormReLUSequential, fusable_norm, fused_step_applies,
+                                 residual_relu, sub_band_norm)
 from kwskit.models.registry import check_positive_int, check_probability, register_model
 
 PAPER = ("Kim et al. 2021, Broadcasted Residual Learning for Efficient Keyword Spotting, "
@@ -38,8 +40,32 @@ STAGE_WIDTH = (1.0, 1.5, 2.0, 2.5)  # x base channels (8*tau)
 STAGE_FREQ_STRIDE = (1, 2, 2, 1)
 
 
+class BCResBlock(StreamSequential):
+    """A BC-ResBlock as StreamSequential(sum=Residual(body) or body, relu=ReLU), body =
+    (f2, Residual(f1)) with f1 starting at its frequency mean (``bc_res_block`` builds it).
+
+    Its CPU training step runs the tail fused (``kwskit.layers.fused``): SubSpectralNorm
+    returns f2's output and its frequency mean (f1's input) in one pass, and
+    ReLU(x + f2 + broadcast f1) is one kernel, backward included. The same modules, state dict,
+    streaming and export as the plain StreamSequential."""
+
+    uses_cpu_kernels = True
+
+    def forward(self, x):
+        residual = isinstance(self.sum, Residual)
+        body = self.sum.branches[1] if residual else self.sum
+        f2, f1 = body.f2, body.broadcast.branches[1]
+        if not (fused_step_applies(self, x) and fusable_norm(f2[-1])):
+            return super().forward(x)
+        a, freq_mean = sub_band_norm(f2[-1], f2.forward_range(x, stop=-1), freq_mean=True)
+        b = freq_mean
+        for layer in list(f1)[1:]:  # f1 after its FreqMean
+            b = layer(b)
+        return residual_relu(x if residual else None, a, b)
+
+
 def bc_res_block(in_ch: int, out_ch: int, freq_stride: int, dilation: int, dropout: float,
-                 sub_bands: int, padding: str) -> StreamSequential:
+                 sub_bands: int, padding: str) -> BCResBlock:
     """One BC-ResBlock (a transition block when ``in_ch != out_ch``)."""
     transition = in_ch != out_ch
     f2 = []
@@ -56,9 +82,8 @@ def bc_res_block(in_ch: int, out_ch: int, freq_stride: int, dilation: int, dropo
         drop=nn.Dropout2d(dropout),
     ))
     # f2(x) + BC(f1(avg(f2(x)))): the (B, C, 1, T) f1 output broadcasts over frequency
-    body = StreamSequential(OrderedDict(f2=nn.Sequential(*f2), broadcast=Residual(f1)))
-    return StreamSequential(OrderedDict(
-        sum=body if transition else Residual(body), relu=nn.ReLU()))
+    body = StreamSequential(OrderedDict(f2=NormReLUSequential(*f2), broadcast=Residual(f1)))
+    return BCResBlock(OrderedDict(sum=body if transition else Residual(body), relu=nn.ReLU()))
 
 
 def freq_sizes(in_features: int) -> list[int]:
@@ -110,7 +135,7 @@ class BCResNet(StreamClassifier):
         layers["head_bn"] = nn.BatchNorm2d(head_ch)
         layers["head_relu"] = nn.ReLU()
         layers["freq_mean"] = FreqMean()  # with the time pool = the paper's global avg pool
-        super().__init__(StreamSequential(layers), nn.Linear(head_ch, num_classes),
+        super().__init__(NormReLUSequential(layers), nn.Linear(head_ch, num_classes),
                          in_features=in_features, input_kind="2d")
         self.num_classes, self.tau = num_classes, tau
 

@@ -23,6 +23,8 @@ from kwskit.fsutil import check_new_out, write_json
 from kwskit.models.io import arch_of, build_pipeline, read_checkpoint, save_checkpoint
 from kwskit.threads import choose_threads
 from kwskit.train import distributed as dd
+from kwskit.kernels import cpu_training_kernels
+from kwskit.layers.fused import uses_cpu_kernels
 from kwskit.train.allocator import keep_freed_memory
 from kwskit.train.run import write_labels
 from kwskit.train.tracking import Tracker
@@ -164,6 +166,8 @@ def fit(cfg: ExperimentConfig, out: str | Path, *, data: str | None = None, resu
     objective = (objective or default_objective(cfg, labels)).to(device)
     if hasattr(objective, "check"):  # before anything is written: can it train this model?
         objective.check(model)
+    if device.type == "cpu" and uses_cpu_kernels(model):
+        cpu_training_kernels()  # built (once per machine) before the first epoch's clock starts
     optimizer = make_optimizer(cfg, model, extra=list(objective.parameters()))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     history, best, start_epoch, mlflow_id = [], None, 0, None
