@@ -3,6 +3,8 @@ the same numbers as PyTorch's ops, BatchNorm's running statistics, and every fal
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,6 +95,29 @@ def test_sub_band_norm_matches_torch(dtype, bands, relu, freq_mean):
     torch.testing.assert_close(bn.running_mean, bn_ref.running_mean, **stats)
     torch.testing.assert_close(bn.running_var, bn_ref.running_var, **stats)
     assert int(bn.num_batches_tracked) == int(bn_ref.num_batches_tracked) == 1
+
+
+@needs_kernels
+def test_bf16_kernels_round_where_pytorch_rounds():
+    """A bf16 step computes the unfused step's numbers (each intermediate a bf16 tensor holds
+    is rounded as that tensor would be), not more precise ones."""
+    torch.manual_seed(4)
+    x = torch.randn(20, 8, 20, 31).relu().bfloat16()
+    a, b = torch.randn(20, 8, 20, 31).bfloat16(), (torch.randn(20, 8, 1, 31) * 0.1).bfloat16()
+    assert torch.equal(residual_relu(x, a, b), torch.relu(x + (a + b)))
+    norm, ref = _norm_pair(5, channels=8)
+    z = (torch.randn(20, 8, 20, 31) * 0.5 + 0.3).bfloat16()
+    grad_y, grad_m = (torch.randn(20, 8, 20, 31) * 0.01).bfloat16(), (torch.randn(20, 8, 1, 31) * 0.01).bfloat16()
+    (z1, z2) = _leaves(z, z)
+    y, m = sub_band_norm(norm, z1, freq_mean=True)
+    torch.autograd.backward([y, m], [grad_y, grad_m])
+    y_ref = ref(z2)
+    m_ref = y_ref.sum(-2, keepdim=True) / 20  # FreqMean of a bf16 tensor
+    torch.autograd.backward([y_ref, m_ref], [grad_y, grad_m])
+    # statistics summed in another order move a few values by one bf16 step
+    for mine, theirs in [(y, y_ref), (m, m_ref), (z1.grad, z2.grad)]:
+        assert (mine != theirs).float().mean() < 0.005
+        torch.testing.assert_close(mine.float(), theirs.float(), rtol=0.01, atol=0.01 * theirs.abs().max().item())
 
 
 def _bcresnet_step(use_kernels: bool, monkeypatch, amp: bool = False):
@@ -195,3 +220,15 @@ def test_build_name_changes_with_the_source(monkeypatch, tmp_path):
     name_a = kernels.build_name()
     monkeypatch.setattr(kernels, "SOURCE", b)
     assert kernels.build_name() != name_a and name_a.startswith("kwskit_cpu_training_")
+
+
+def test_a_stale_build_lock_is_removed(tmp_path):
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    kernels._drop_stale_lock(tmp_path)
+    assert lock.exists()  # a build may be running
+    old = lock.stat().st_mtime - 3600
+    os.utime(lock, (old, old))
+    kernels._drop_stale_lock(tmp_path)
+    assert not lock.exists()
+    kernels._drop_stale_lock(tmp_path)  # nothing there: nothing to do

@@ -6,7 +6,8 @@ build, or ``KWSKIT_CPU_KERNELS=0`` in the environment. Callers then keep PyTorch
 nothing depends on the build. The build (~25 s) happens once per machine and source version and
 is cached under torch's extension directory (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``) in ``kwskit/``; it is compiled for the CPU it runs on
-(``-march=native``) against this torch and Python, so the cache name hashes all four.
+(``-march=native``) against this torch and Python, so the cache name hashes all of these and
+the compiler flags.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import platform
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpu_training.cpp")
@@ -47,7 +49,7 @@ def _cpu_id() -> str:
 def build_name() -> str:
     import torch
 
-    key = SOURCE.read_bytes() + f"{_cpu_id()} {torch.__version__} {sys.version}".encode()
+    key = SOURCE.read_bytes() + f"{_cpu_id()} {torch.__version__} {sys.version} {CFLAGS}".encode()
     return f"kwskit_cpu_training_{hashlib.sha256(key).hexdigest()[:12]}"
 
 
@@ -84,6 +86,17 @@ def cpu_training_kernels():
     return _state["module"]
 
 
+def _drop_stale_lock(where: Path, max_age_s: float = 600.0) -> None:
+    """torch's builder waits while a ``lock`` file exists in the build directory; one left by
+    a build that was killed would make every later build wait forever."""
+    lock = where / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > max_age_s:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def _load():
     reason = unavailable_reason()
     if reason is None:
@@ -96,6 +109,7 @@ def _load():
                   file=sys.stderr)
         try:
             where.mkdir(parents=True, exist_ok=True)
+            _drop_stale_lock(where)
             return load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
                         extra_ldflags=["-fopenmp"], build_directory=str(where), verbose=False)
         except Exception as exc:  # a compiler error: PyTorch's ops still train

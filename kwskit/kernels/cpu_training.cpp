@@ -39,6 +39,32 @@ inline void store(uint16_t* p, int64_t i, float v) {  // round to nearest even, 
   p[i] = uint16_t(nan ? (u >> 16) | 0x40u : rounded);
 }
 
+// v as a tensor of T holds it. The kernels round where PyTorch's unfused ops write a tensor
+// (a bf16 sum of two activations, a bf16 frequency mean), so that a bf16 step computes the
+// numbers the unfused step computes, not more precise ones (see kwskit.layers.fused).
+template <typename T>
+inline float held(float v);
+template <>
+inline float held<float>(float v) { return v; }
+template <>
+inline float held<uint16_t>(float v) {  // store()'s rounding, kept in a float register
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  const uint32_t r = (u & 0x7FFFFFFFu) > 0x7F800000u ? (u | 0x00400000u) & 0xFFFF0000u : rounded;
+  float f;
+  std::memcpy(&f, &r, 4);
+  return f;
+}
+
+// store() of a value held<T> already rounded: the upper half of its bits, nothing to round
+inline void store_held(float* p, int64_t i, float v) { p[i] = v; }
+inline void store_held(uint16_t* p, int64_t i, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  p[i] = uint16_t(u >> 16);
+}
+
 struct Shape {
   int64_t n, c, f, t, bands, band;  // band = f / bands rows per sub-band
   explicit Shape(const torch::Tensor& x, int64_t sub_bands = 1)
@@ -65,8 +91,10 @@ template <typename T, bool HAS_X>
 void residual_relu_row(const T* __restrict__ x, const T* __restrict__ a,
                        const float* __restrict__ b, T* __restrict__ y, int64_t n) {
   for (int64_t t = 0; t < n; ++t) {
-    const float v = (HAS_X ? load(x, t) : 0.f) + load(a, t) + b[t];
-    store(y, t, v > 0.f ? v : 0.f);
+    // x + (a + b), rounded as two adds would round
+    const float body = held<T>(load(a, t) + b[t]);
+    const float v = HAS_X ? held<T>(load(x, t) + body) : body;
+    store_held(y, t, v > 0.f ? v : 0.f);
   }
 }
 
@@ -81,26 +109,29 @@ void relu_grad_row(const T* __restrict__ grad, const T* __restrict__ y, T* __res
   }
 }
 
+// sum of a row and its sum of squares about the row's own mean (two passes over a row that
+// is in cache: no cancellation where activations sit far from zero, as log-mel inputs do)
 template <typename T>
-void sums_row(const T* __restrict__ z, int64_t n, float& sum, float& sq) {
+void row_moments(const T* __restrict__ z, int64_t n, double& sum, double& sq) {
   float a = 0.f, b = 0.f;
+  for (int64_t i = 0; i < n; ++i) a += load(z, i);
+  const float mean = a / float(n);
   for (int64_t i = 0; i < n; ++i) {
-    const float v = load(z, i);
-    a += v;
-    b += v * v;
+    const float d = load(z, i) - mean;
+    b += d * d;
   }
   sum += a;
-  sq += b;
+  sq += double(b) + double(n) * double(mean) * double(mean);  // sum of squares, in double
 }
 
 template <typename T, bool RELU>
-void norm_row(const T* __restrict__ z, T* __restrict__ y, float* __restrict__ acc, float k,
-              float d, int64_t n) {
+void norm_row(const T* __restrict__ z, T* __restrict__ y, float* __restrict__ acc, float mean,
+              float k, float d, int64_t n) {
   for (int64_t t = 0; t < n; ++t) {
-    float v = load(z, t) * k + d;
+    float v = held<T>((load(z, t) - mean) * k + d);
     if (RELU) v = v > 0.f ? v : 0.f;
-    store(y, t, v);
-    acc[t] += v;
+    store_held(y, t, v);
+    acc[t] += v;  // the frequency mean of the stored output
   }
 }
 
@@ -108,31 +139,32 @@ void norm_row(const T* __restrict__ z, T* __restrict__ y, float* __restrict__ ac
 template <typename T, bool HAS_GM, bool RELU>
 inline float out_grad(const T* __restrict__ gy, const float* __restrict__ gm,
                       const T* __restrict__ y, int64_t t) {
-  float g = load(gy, t) + (HAS_GM ? gm[t] : 0.f);
+  float g = HAS_GM ? held<T>(load(gy, t) + gm[t]) : load(gy, t);  // as autograd sums them
   if (RELU) g = load(y, t) > 0.f ? g : 0.f;
   return g;
 }
 
+// sum of the gradient and of gradient * (z - mean)
 template <typename T, bool HAS_GM, bool RELU>
 void grad_sums_row(const T* __restrict__ gy, const float* __restrict__ gm,
-                   const T* __restrict__ y, const T* __restrict__ z, int64_t n, float& sum_g,
-                   float& sum_gz) {
+                   const T* __restrict__ y, const T* __restrict__ z, float mean, int64_t n,
+                   double& sum_g, double& sum_gc) {
   float a = 0.f, b = 0.f;
   for (int64_t t = 0; t < n; ++t) {
     const float g = out_grad<T, HAS_GM, RELU>(gy, gm, y, t);
     a += g;
-    b += g * load(z, t);
+    b += g * (load(z, t) - mean);
   }
   sum_g += a;
-  sum_gz += b;
+  sum_gc += b;
 }
 
 template <typename T, bool HAS_GM, bool RELU>
 void grad_input_row(const T* __restrict__ gy, const float* __restrict__ gm,
                     const T* __restrict__ y, const T* __restrict__ z, T* __restrict__ gz,
-                    float ka, float kb, float kc, int64_t n) {
+                    float mean, float ka, float kb, float kc, int64_t n) {
   for (int64_t t = 0; t < n; ++t)
-    store(gz, t, ka * out_grad<T, HAS_GM, RELU>(gy, gm, y, t) + kb * load(z, t) + kc);
+    store(gz, t, ka * out_grad<T, HAS_GM, RELU>(gy, gm, y, t) + kb * (load(z, t) - mean) + kc);
 }
 
 // ---- residual + ReLU ----------------------------------------------------------------------
@@ -183,10 +215,7 @@ void group_sums(Shape s, double* out_a, double* out_b, RowSums&& row_sums) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t c = p % s.c;
       for (int64_t band = 0; band < s.bands; ++band) {
-        float fa = 0.f, fb = 0.f;
-        row_sums(p, band, fa, fb);
-        mine[c * s.bands + band] += fa;
-        mine[groups + c * s.bands + band] += fb;
+        row_sums(p, band, mine[c * s.bands + band], mine[groups + c * s.bands + band]);
       }
     }
   });
@@ -204,60 +233,60 @@ void group_sums(Shape s, double* out_a, double* out_b, RowSums&& row_sums) {
 // per group: sum and sum of squares of z
 template <typename T>
 void norm_stats(const T* z, double* sum, double* sq, Shape s) {
-  group_sums(s, sum, sq, [&](int64_t p, int64_t band, float& fa, float& fb) {
-    sums_row(z + (p * s.f + band * s.band) * s.t, s.band * s.t, fa, fb);
+  group_sums(s, sum, sq, [&](int64_t p, int64_t band, double& a, double& b) {
+    row_moments(z + (p * s.f + band * s.band) * s.t, s.band * s.t, a, b);
   });
 }
 
 // y = z * scale + shift per group (then ReLU), and m = mean of y over frequency
 template <typename T, bool RELU>
-void norm_apply(const T* z, T* y, T* m, const float* scale, const float* shift, Shape s) {
+void norm_apply(const T* z, T* y, T* m, const float* mean, const float* scale,
+                const float* shift, Shape s) {
   at::parallel_for(0, s.n * s.c, 1, [&](int64_t p0, int64_t p1) {
     std::vector<float> acc(s.t);
-    const float inv_f = 1.f / float(s.f);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t c = p % s.c;
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t band = 0; band < s.bands; ++band) {
-        const float k = scale[c * s.bands + band], d = shift[c * s.bands + band];
+        const int64_t g = c * s.bands + band;
         for (int64_t f = 0; f < s.band; ++f) {
           const int64_t o = (p * s.f + band * s.band + f) * s.t;
-          norm_row<T, RELU>(z + o, y + o, acc.data(), k, d, s.t);
+          norm_row<T, RELU>(z + o, y + o, acc.data(), mean[g], scale[g], shift[g], s.t);
         }
       }
       if (m)
-        for (int64_t t = 0; t < s.t; ++t) store(m, p * s.t + t, acc[t] * inv_f);
+        for (int64_t t = 0; t < s.t; ++t) store(m, p * s.t + t, held<T>(acc[t]) / float(s.f));
     }
   });
 }
 
-// grad_m / F of plane p as floats (the frequency mean's gradient reaches every row)
+// grad_m / F of plane p (the frequency mean's gradient reaches every row), held as T
 template <typename T>
 void mean_grad_row(const T* gm, int64_t p, Shape s, std::vector<float>& row) {
-  const float inv_f = 1.f / float(s.f);
-  for (int64_t t = 0; t < s.t; ++t) row[t] = load(gm, p * s.t + t) * inv_f;
+  for (int64_t t = 0; t < s.t; ++t) row[t] = held<T>(load(gm, p * s.t + t) / float(s.f));
 }
 
-// per group: sum of the output gradient and of gradient * z
+// per group: sum of the output gradient and of gradient * (z - mean)
 template <typename T, bool HAS_GM, bool RELU>
-void norm_grad_sums(const T* gy, const T* gm, const T* y, const T* z, double* sum_g,
-                    double* sum_gz, Shape s) {
+void norm_grad_sums(const T* gy, const T* gm, const T* y, const T* z, const float* mean,
+                    double* sum_g, double* sum_gc, Shape s) {
   std::vector<std::vector<float>> rows(size_t(at::get_num_threads()), std::vector<float>(s.t));
-  group_sums(s, sum_g, sum_gz, [&](int64_t p, int64_t band, float& fa, float& fb) {
+  group_sums(s, sum_g, sum_gc, [&](int64_t p, int64_t band, double& a, double& b) {
     std::vector<float>& row = rows[size_t(at::get_thread_num())];
     if (HAS_GM && band == 0) mean_grad_row(gm, p, s, row);  // bands run in order per plane
+    const float mu = mean[(p % s.c) * s.bands + band];
     for (int64_t f = 0; f < s.band; ++f) {
       const int64_t o = (p * s.f + band * s.band + f) * s.t;
-      grad_sums_row<T, HAS_GM, RELU>(gy + o, row.data(), RELU ? y + o : nullptr, z + o, s.t,
-                                     fa, fb);
+      grad_sums_row<T, HAS_GM, RELU>(gy + o, row.data(), RELU ? y + o : nullptr, z + o, mu, s.t,
+                                     a, b);
     }
   });
 }
 
-// grad_z = ka * g + kb * z + kc per group (the BatchNorm input gradient, expanded)
+// grad_z = ka * g + kb * (z - mean) + kc per group (the BatchNorm input gradient, expanded)
 template <typename T, bool HAS_GM, bool RELU>
-void norm_grad_input(const T* gy, const T* gm, const T* y, const T* z, T* gz, const float* ka,
-                     const float* kb, const float* kc, Shape s) {
+void norm_grad_input(const T* gy, const T* gm, const T* y, const T* z, T* gz, const float* mean,
+                     const float* ka, const float* kb, const float* kc, Shape s) {
   at::parallel_for(0, s.n * s.c, 1, [&](int64_t p0, int64_t p1) {
     std::vector<float> row(s.t);
     for (int64_t p = p0; p < p1; ++p) {
@@ -268,7 +297,7 @@ void norm_grad_input(const T* gy, const T* gm, const T* y, const T* z, T* gz, co
         for (int64_t f = 0; f < s.band; ++f) {
           const int64_t o = (p * s.f + band * s.band + f) * s.t;
           grad_input_row<T, HAS_GM, RELU>(gy + o, row.data(), RELU ? y + o : nullptr, z + o,
-                                          gz + o, ka[k], kb[k], kc[k], s.t);
+                                          gz + o, mean[k], ka[k], kb[k], kc[k], s.t);
         }
       }
     }
@@ -350,7 +379,7 @@ std::vector<torch::Tensor> sub_band_norm_forward(const torch::Tensor& z, const t
   });
   // the per-group numbers in plain loops: a few hundred values, not worth torch ops
   auto mean = per_group(s), invstd = per_group(s), unbiased = per_group(s);
-  auto scale = per_group(s), shift = per_group(s);
+  auto scale = per_group(s), shift = per_group(s);  // y = (z - mean) * scale + shift
   const double count = s.per_group();
   const float* w = weight.data_ptr<float>();
   const float* b = bias.data_ptr<float>();
@@ -361,7 +390,7 @@ std::vector<torch::Tensor> sub_band_norm_forward(const torch::Tensor& z, const t
     invstd.data_ptr<float>()[g] = float(is);
     unbiased.data_ptr<float>()[g] = float(var * count / std::max(count - 1.0, 1.0));
     scale.data_ptr<float>()[g] = float(w[g] * is);
-    shift.data_ptr<float>()[g] = float(b[g] - mu * w[g] * is);
+    shift.data_ptr<float>()[g] = b[g];
   }
   auto y = torch::empty_like(z);
   torch::Tensor m;
@@ -369,11 +398,11 @@ std::vector<torch::Tensor> sub_band_norm_forward(const torch::Tensor& z, const t
   dispatch(z, [&](auto tag) {
     using T = decltype(tag);
     if (relu)
-      norm_apply<T, true>(ptr<T>(z), ptr<T>(y), ptr<T>(m), scale.data_ptr<float>(),
-                          shift.data_ptr<float>(), s);
+      norm_apply<T, true>(ptr<T>(z), ptr<T>(y), ptr<T>(m), mean.data_ptr<float>(),
+                          scale.data_ptr<float>(), shift.data_ptr<float>(), s);
     else
-      norm_apply<T, false>(ptr<T>(z), ptr<T>(y), ptr<T>(m), scale.data_ptr<float>(),
-                           shift.data_ptr<float>(), s);
+      norm_apply<T, false>(ptr<T>(z), ptr<T>(y), ptr<T>(m), mean.data_ptr<float>(),
+                           scale.data_ptr<float>(), shift.data_ptr<float>(), s);
   });
   return {y, m, mean, invstd, unbiased};
 }
@@ -393,27 +422,27 @@ std::vector<torch::Tensor> sub_band_norm_backward(const torch::Tensor& grad_y,
   torch::Tensor gm, out;
   if (grad_m) gm = grad_m->to(z.scalar_type()).contiguous();
   if (y) out = y->contiguous();
-  std::vector<double> sum_g(s.groups()), sum_gz(s.groups());
+  const float* mu = mean.data_ptr<float>();
+  std::vector<double> sum_g(s.groups()), centred(s.groups());  // centred: sum g * (z - mean)
   dispatch(z, [&](auto tag) {
     using T = decltype(tag);
     with_options<T>(gm.defined(), out.defined(), [&](auto has_gm, auto relu) {
       norm_grad_sums<T, decltype(has_gm)::value, decltype(relu)::value>(
-          ptr<T>(gy), ptr<T>(gm), ptr<T>(out), ptr<T>(z), sum_g.data(), sum_gz.data(), s);
+          ptr<T>(gy), ptr<T>(gm), ptr<T>(out), ptr<T>(z), mu, sum_g.data(), centred.data(), s);
     });
   });
-  // dz = w*is*g - w*is*sum_g/M - w*is^3*(z - mean)*centred/M = ka*g + kb*z + kc, where
-  // centred = sum of g * (z - mean); grad weight = centred * is, grad bias = sum_g
+  // dz = w*is*g - w*is^3*(z - mean)*centred/M - w*is*sum_g/M = ka*g + kb*(z - mean) + kc;
+  // grad weight = centred * is, grad bias = sum_g
   auto ka = per_group(s), kb = per_group(s), kc = per_group(s);
   auto grad_w = per_group(s), grad_b = per_group(s);
   const double count = s.per_group();
   const float* w = weight.data_ptr<float>();
   for (int64_t g = 0; g < s.groups(); ++g) {
-    const double mu = mean.data_ptr<float>()[g], is = invstd.data_ptr<float>()[g];
-    const double centred = sum_gz[g] - mu * sum_g[g], is3 = is * is * is;
+    const double is = invstd.data_ptr<float>()[g];
     ka.data_ptr<float>()[g] = float(w[g] * is);
-    kb.data_ptr<float>()[g] = float(-w[g] * is3 * centred / count);
-    kc.data_ptr<float>()[g] = float((-w[g] * is * sum_g[g] + w[g] * is3 * mu * centred) / count);
-    grad_w.data_ptr<float>()[g] = float(centred * is);
+    kb.data_ptr<float>()[g] = float(-w[g] * is * is * is * centred[g] / count);
+    kc.data_ptr<float>()[g] = float(-w[g] * is * sum_g[g] / count);
+    grad_w.data_ptr<float>()[g] = float(centred[g] * is);
     grad_b.data_ptr<float>()[g] = float(sum_g[g]);
   }
   auto gz = torch::empty_like(z);
@@ -421,7 +450,7 @@ std::vector<torch::Tensor> sub_band_norm_backward(const torch::Tensor& grad_y,
     using T = decltype(tag);
     with_options<T>(gm.defined(), out.defined(), [&](auto has_gm, auto relu) {
       norm_grad_input<T, decltype(has_gm)::value, decltype(relu)::value>(
-          ptr<T>(gy), ptr<T>(gm), ptr<T>(out), ptr<T>(z), ptr<T>(gz), ka.data_ptr<float>(),
+          ptr<T>(gy), ptr<T>(gm), ptr<T>(out), ptr<T>(z), ptr<T>(gz), mu, ka.data_ptr<float>(),
           kb.data_ptr<float>(), kc.data_ptr<float>(), s);
     });
   });
