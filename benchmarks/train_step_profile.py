@@ -13,7 +13,8 @@ features (the network step ``kwskit train`` runs, without the data path and the 
   CPU): the system time the page faults cost; and, on a CPU with native bf16 units, under the
   bfloat16 autocast that ``train.amp: auto`` trains with there (the profile below uses it too);
 - torch.profiler's self CPU time grouped by what the op is (convolution forward / backward,
-  BatchNorm forward / backward, matmul, element-wise, optimiser, other), and the five costliest
+  kwskit's fused kernels, BatchNorm forward / backward, matmul, element-wise, optimiser,
+  other), and the five costliest
   (op, input shape) pairs;
 - the same step in one thread, and two one-thread processes side by side (each its own
   batch): how far two cores are from twice one, which bounds any data-parallel split;
@@ -47,6 +48,9 @@ from kwskit.train.allocator import keep_freed_memory  # noqa: E402
 from kwskit.train.loop import cpu_has_bf16  # noqa: E402
 
 GROUPS = (  # (group, predicate on the aten op name), first match wins
+    # kwskit.layers.fused: BC-ResNet's norms and residual ReLU as C++ kernels in CPU training
+    ("fused BatchNorm / SubSpectralNorm (kwskit kernels)", lambda n: "_SubBandNorm" in n),
+    ("fused residual + ReLU (kwskit kernels)", lambda n: "_ResidualReLU" in n),
     ("convolution backward", lambda n: "convolution_backward" in n),
     ("convolution forward", lambda n: "convolution" in n),
     ("BatchNorm backward", lambda n: "batch_norm_backward" in n),
@@ -102,7 +106,9 @@ def profile_groups(step, steps: int = 5) -> tuple[dict, list]:
     groups: dict[str, float] = {}
     rows = prof.key_averages(group_by_input_shape=True)
     for ev in rows:
-        if not (ev.key.startswith("aten::") or "Optimizer" in ev.key):
+        # aten ops, the optimiser, and kwskit's kernels (called directly, not through aten)
+        if not (ev.key.startswith(("aten::", "_SubBandNorm", "_ResidualReLU"))
+                or "Optimizer" in ev.key):
             continue
         name = next((g for g, match in GROUPS if match(ev.key)), "other")
         groups[name] = groups.get(name, 0.0) + ev.self_cpu_time_total / 1e3 / steps
