@@ -20,11 +20,11 @@ from tqdm import tqdm
 from kwskit.config import ExperimentConfig, config_from_dict, save_config
 from kwskit.errors import KwsError
 from kwskit.fsutil import check_new_out, write_json
+from kwskit.kernels import cpu_training_kernels
+from kwskit.layers.fused import uses_cpu_kernels
 from kwskit.models.io import arch_of, build_pipeline, read_checkpoint, save_checkpoint
 from kwskit.threads import choose_threads
 from kwskit.train import distributed as dd
-from kwskit.kernels import cpu_training_kernels
-from kwskit.layers.fused import uses_cpu_kernels
 from kwskit.train.allocator import keep_freed_memory
 from kwskit.train.run import write_labels
 from kwskit.train.tracking import Tracker
