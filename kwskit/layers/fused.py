@@ -19,8 +19,8 @@ The kernels compute what the unfused ops compute, roundings included: under bf16
 intermediate PyTorch would write as a bf16 tensor (a + b before x is added, the frequency mean,
 the mean's gradient added to the norm's) is rounded to bf16 inside the kernel too. A first
 version kept those in float32: more precise, it trained BC-ResNet-1 about 1 point worse over
-15 epochs (best validation 93.4-94.1% in five runs against 94.5-94.8% unfused; float32 training
-reaches 93.6-94.3%). With the roundings kept: 94.0 / 94.7% (seeds 0 / 1), and the same
+15 epochs (best validation 93.4-93.9% in four runs against 94.5-94.8% unfused; float32
+training reaches 93.6-94.3%). With the roundings kept: 94.0 / 94.7% (seeds 0 / 1), and the same
 training loss as unfused. So the kernels keep the unfused numbers rather than better ones.
 """
 
