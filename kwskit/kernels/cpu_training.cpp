@@ -30,24 +30,16 @@ inline float load(const uint16_t* p, int64_t i) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-inline void store(float* p, int64_t i, float v) { p[i] = v; }
-inline void store(uint16_t* p, int64_t i, float v) {  // round to nearest even, as torch does
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;  // a select, not a branch: it vectorises
-  p[i] = uint16_t(nan ? (u >> 16) | 0x40u : rounded);
-}
-
-// v as a tensor of T holds it. The kernels round where PyTorch's unfused ops write a tensor
-// (a bf16 sum of two activations, a bf16 frequency mean), so that a bf16 step computes the
-// numbers the unfused step computes, not more precise ones (see kwskit.layers.fused).
+// v as a tensor of T holds it: bf16 rounds to nearest even, as torch does (NaN stays NaN).
+// The kernels also round where PyTorch's unfused ops write a tensor (a bf16 sum of two
+// activations, a bf16 frequency mean), so that a bf16 step computes the numbers the unfused
+// step computes, not more precise ones (see kwskit.layers.fused).
 template <typename T>
 inline float held(float v);
 template <>
 inline float held<float>(float v) { return v; }
 template <>
-inline float held<uint16_t>(float v) {  // store()'s rounding, kept in a float register
+inline float held<uint16_t>(float v) {  // selects, not branches: it vectorises
   uint32_t u;
   std::memcpy(&u, &v, 4);
   const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
@@ -57,13 +49,16 @@ inline float held<uint16_t>(float v) {  // store()'s rounding, kept in a float r
   return f;
 }
 
-// store() of a value held<T> already rounded: the upper half of its bits, nothing to round
+// a value held<T> already rounded: the upper half of its bits, nothing to round
 inline void store_held(float* p, int64_t i, float v) { p[i] = v; }
 inline void store_held(uint16_t* p, int64_t i, float v) {
   uint32_t u;
   std::memcpy(&u, &v, 4);
   p[i] = uint16_t(u >> 16);
 }
+
+template <typename T>
+inline void store(T* p, int64_t i, float v) { store_held(p, i, held<T>(v)); }
 
 struct Shape {
   int64_t n, c, f, t, bands, band;  // band = f / bands rows per sub-band
