@@ -190,6 +190,17 @@ def test_hooked_block_runs_its_modules(monkeypatch):
     assert seen == [torch.Size([2, 8, 20, 7])]
 
 
+def test_hooked_pair_runs_its_modules():
+    """A hook on either module of a BatchNorm + ReLU pair keeps that pair unfused."""
+    model = create_model("bcresnet1", num_classes=5).train()
+    seen = []
+    for module in (model.body.stem_bn, model.body.stem_relu):
+        handle = module.register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+        model(torch.randn(2, 1, 40, 20)).sum().backward()
+        handle.remove()
+    assert seen == ["BatchNorm2d", "ReLU"]
+
+
 def test_switch_off_means_no_kernels(monkeypatch):
     monkeypatch.setenv(kernels.ENV_SWITCH, "0")
     assert kernels.cpu_training_kernels() is None

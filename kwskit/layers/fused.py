@@ -135,19 +135,18 @@ class NormReLUSequential(StreamSequential):
     uses_cpu_kernels = True
 
     def forward(self, x):
-        if not fused_step_applies(self, x):
-            return super().forward(x)
         return self.forward_range(x)
 
     def forward_range(self, x, start: int = 0, stop: int | None = None):
-        """Layers ``start:stop`` on ``x``, BatchNorm2d + ReLU pairs fused where they apply."""
+        """Layers ``start:stop`` on ``x``, BatchNorm2d + ReLU pairs fused where they apply
+        (each pair checked on its own two modules: a hook elsewhere does not stop it)."""
         layers = list(self)[start:stop]
         i = 0
         while i < len(layers):
             layer = layers[i]
             pair = (i + 1 < len(layers) and type(layer) is nn.BatchNorm2d
                     and type(layers[i + 1]) is nn.ReLU and fusable_norm(layer)
-                    and fused_step_applies(layer, x))
+                    and fused_step_applies(layer, x) and not _hooked(layers[i + 1]))
             x = sub_band_norm(layer, x, relu=True) if pair else layer(x)
             i += 2 if pair else 1
         return x
