@@ -51,6 +51,9 @@ class DataConfig:
     # neighbouring words, pauses, loud stretches), labelled by window_label: this many x one
     # keyword's clip count. 0 = off.
     stream_windows: float = 0.0
+    # Share of the training split's speakers whose clips are used (all their words): learning
+    # curves. Speakers are kept by a stable hash, so a smaller share is a subset of a larger one.
+    train_speakers: float = 1.0
     cache_dir: str | None = None  # None: $KWSKIT_HOME/cache
     num_workers: int = 0
 
@@ -224,6 +227,12 @@ def _check_values(cfg: ExperimentConfig) -> None:
         ("data.min_clip_fraction", 0.0 <= cfg.data.min_clip_fraction < 1.0, "must be in [0, 1)"),
         ("data.unknown_extra_share", cfg.data.unknown_extra_share >= 0, "must be >= 0"),
         ("data.stream_windows", cfg.data.stream_windows >= 0, "must be >= 0"),
+        ("data.train_speakers", 0.0 < cfg.data.train_speakers <= 1.0, "must be in (0, 1]"),
+        # stream windows and mining build their audio from the whole training split
+        ("data.train_speakers", cfg.data.train_speakers == 1.0
+         or (cfg.data.stream_windows == 0 and cfg.mining.rounds == 0),
+         "below 1 cannot be combined with data.stream_windows or mining.rounds (they use every "
+         "training speaker)"),
         ("mining.rounds", 0 <= cfg.mining.rounds < cfg.train.epochs,
          "must be >= 0 and below train.epochs (a round happens between epochs)"),
         ("mining.minutes", cfg.mining.minutes > 0, "must be > 0"),

@@ -40,6 +40,10 @@ def test_yaml_file_and_roundtrip(tmp_path):
     (["noequals"], "expected key=value"),
     (["data.min_clip_fraction=1"], "data.min_clip_fraction: must be in [0, 1)"),
     (["data.min_clip_fraction=-0.1"], "data.min_clip_fraction: must be in [0, 1)"),
+    (["data.train_speakers=0"], "data.train_speakers: must be in (0, 1]"),
+    (["data.train_speakers=1.5"], "data.train_speakers: must be in (0, 1]"),
+    (["data.train_speakers=0.5", "data.stream_windows=1.0"],
+     "data.train_speakers: below 1 cannot be combined with data.stream_windows"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(KwsError) as err:

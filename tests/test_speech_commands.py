@@ -12,7 +12,8 @@ import pytest
 from kwskit.data.audio import write_audio
 from kwskit.data.speech_commands import (BACKGROUND, LABEL_SETS, SILENCE, SILENCE_REGIONS,
                                          UNKNOWN, build_examples, load_split, normalize_split,
-                                         resolve_labels, scan_dataset, speaker_of, which_set)
+                                         resolve_labels, scan_dataset, speaker_of, speaker_share_key,
+                                         which_set, with_speaker_share)
 from kwskit.errors import KwsError
 
 CLIP = 16000
@@ -268,6 +269,26 @@ def test_determinism(sc_tree):
     assert a == b
     assert [e for e in a if e.source != "clip"] != [e for e in c if e.source != "clip"]
     assert [e for e in a if e.source == "clip"] == [e for e in c if e.source == "clip"]
+
+
+def test_speaker_share_keeps_nested_subsets_of_one_split(tmp_path):
+    train = [_speaker_in("training", 16 * i) for i in range(40)]
+    val = _speaker_in("validation")
+    files = [f"yes/{s}_nohash_{k}.wav" for s in train for k in range(2)] + [f"yes/{val}_nohash_0.wav"]
+    for k, rel in enumerate(files):
+        _write(tmp_path / "d" / rel, seed=k)
+    index = scan_dataset(tmp_path / "d")
+    speakers = {}
+    for share in (0.25, 0.5, 1.0):
+        kept = with_speaker_share(index, "train", share)
+        speakers[share] = {c.speaker for c in kept.split("training")}
+        assert kept.split("validation") == index.split("validation")  # other splits untouched
+        assert speakers[share] == {s for s in train if speaker_share_key(s) < share}
+        # a speaker's clips stay together
+        assert len(kept.split("training")) == 2 * len(speakers[share])
+    assert speakers[0.25] < speakers[0.5] < speakers[1.0] == set(train)
+    assert 4 <= len(speakers[0.25]) <= 18 and 12 <= len(speakers[0.5]) <= 30
+    assert with_speaker_share(index, "train", 1.0) is index
 
 
 def test_silence_windows_disjoint_regions(tmp_path):

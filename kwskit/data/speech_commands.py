@@ -19,6 +19,7 @@ sample of other words as ``_unknown_``, and ``_silence_`` windows cut from the n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -173,6 +174,23 @@ def speaker_of(filename: str) -> str:
     if "_nohash_" in base:
         return base.split("_nohash_", 1)[0]
     return os.path.splitext(base)[0]
+
+
+def speaker_share_key(speaker: str) -> float:
+    """A speaker's stable place in [0, 1) (SHA-1 of the id): keeping the speakers below a share
+    gives nested subsets, the same ones on every machine."""
+    digest = hashlib.sha1(("kwskit-speaker:" + speaker).encode("utf-8")).hexdigest()
+    return int(digest[:12], 16) / float(16 ** 12)
+
+
+def with_speaker_share(index: DatasetIndex, split: str, share: float) -> DatasetIndex:
+    """``index`` with only ``share`` of ``split``'s speakers (``speaker_share_key``) left in
+    that split; the other splits and the noise recordings are untouched."""
+    if share >= 1.0:
+        return index
+    split = normalize_split(split)
+    clips = [c for c in index.clips if c.split != split or speaker_share_key(c.speaker) < share]
+    return dataclasses.replace(index, clips=clips)
 
 
 def which_set(filename: str, validation_pct: float = 10.0, testing_pct: float = 10.0) -> str:

@@ -55,7 +55,8 @@ class TrainData:
     def __init__(self, cfg: ExperimentConfig, data: str | None = None, rank: int = 0, world: int = 1,
                  quiet: bool = False):
         from kwskit.data.augment import AugmentConfig, WaveAugment
-        from kwskit.data.speech_commands import keyword_labels, resolve_labels, scan_dataset
+        from kwskit.data.speech_commands import (keyword_labels, resolve_labels, scan_dataset,
+                                                 with_speaker_share)
 
         d = cfg.data
         self.root = resolve_data_root(cfg, data, quiet)
@@ -72,7 +73,8 @@ class TrainData:
         # other data sets' words widen _unknown_ in training only: validation stays comparable
         train_common = common | ({} if d.train_unknown_share is None
                                  else {"unknown_share": d.train_unknown_share})
-        self.train = prepare_split(index, self.labels, "training", **train_common,
+        train_index = with_speaker_share(index, "training", d.train_speakers)
+        self.train = prepare_split(train_index, self.labels, "training", **train_common,
                                    unknown_extra=d.unknown_extra,
                                    unknown_extra_share=d.unknown_extra_share)
         self.val = prepare_split(index, self.labels, "validation", **common)
