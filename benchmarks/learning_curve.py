@@ -78,6 +78,13 @@ def collect(rows: dict, pairs: list[tuple[float, str]]) -> dict[float, list[dict
     return dict(sorted(by_share.items()))
 
 
+def run_points(by_share, counts, key: str, k: str) -> tuple[list[int], list[float]]:
+    """(training keyword clips, misses in %) of every run that has ``row[key][k]``."""
+    pts = [(counts[share][1], 100 * r[key][k]["frr"])
+           for share, rs in by_share.items() for r in rs if key in r]
+    return [x for x, _ in pts], [y for _, y in pts]
+
+
 def table(by_share, counts, fits, target: int) -> str:
     head = ("| training speakers (share) | keyword clips | runs | val acc | "
             + " | ".join(f"misses at {label}" for label, _, _ in POINTS) + " |")
@@ -105,12 +112,7 @@ def plot(by_share, counts, fits, target: int, path: Path) -> None:
     ax = fig.add_subplot()
     colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
     for (label, key, k), color in zip(POINTS, colors):
-        xs, ys = [], []
-        for share, rs in by_share.items():
-            for r in rs:
-                if key in r:
-                    xs.append(counts[share][1])
-                    ys.append(100 * r[key][k]["frr"])
+        xs, ys = run_points(by_share, counts, key, k)
         if not xs:
             continue
         ax.scatter(xs, ys, color=color, s=18, alpha=0.7)
@@ -150,20 +152,21 @@ def main() -> int:
     a = ap.parse_args()
     pairs = []
     for arg in a.runs:
-        share, sep, name = arg.partition("=")
+        text, sep, name = arg.partition("=")
         try:
-            pairs.append((float(share), name))
+            share = float(text)
         except ValueError:
-            raise SystemExit(f"{arg!r}: expected SHARE=ROW, e.g. 0.5=my row") from None
-        if not sep or not 0 < float(share) <= 1:
-            raise SystemExit(f"{arg!r}: expected SHARE=ROW with SHARE in (0, 1]")
+            share = None
+        if not sep or share is None or not 0 < share <= 1:
+            raise SystemExit(f"{arg!r}: expected SHARE=ROW with SHARE in (0, 1], e.g. 0.5=my row")
+        pairs.append((share, name))
     rows = json.loads(Path(a.results).read_text())["rows"]
     by_share = collect(rows, pairs)
     counts = keyword_clips(a.data, resolve_labels(a.labels), by_share)
     fits = {}
     for label, key, k in POINTS:
-        pts = [(counts[s][1], r[key][k]["frr"]) for s, rs in by_share.items() for r in rs if key in r]
-        fits[label] = power_fit(*zip(*pts)) if pts else None
+        xs, ys = run_points(by_share, counts, key, k)
+        fits[label] = power_fit(xs, [y / 100 for y in ys]) if xs else None
     md = (f"Runs scored by `stream_ablation.py` ({Path(a.results).name}); misses are the mean "
           "over the runs at a share (each run in brackets). The last row follows each fit to "
           f"{a.extrapolate_to} training keyword clips: a guess, not a measurement.\n\n"

@@ -178,7 +178,8 @@ def speaker_of(filename: str) -> str:
 
 def speaker_share_key(speaker: str) -> float:
     """A speaker's stable place in [0, 1) (SHA-1 of the id): keeping the speakers below a share
-    gives nested subsets, the same ones on every machine."""
+    gives nested subsets, the same ones on every machine. Salted, because ``which_set`` hashes
+    the same id: unsalted, a split's speakers would all sit in one part of the range."""
     digest = hashlib.sha1(("kwskit-speaker:" + speaker).encode("utf-8")).hexdigest()
     return int(digest[:12], 16) / float(16 ** 12)
 
